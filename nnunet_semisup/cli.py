@@ -1,0 +1,226 @@
+"""``nnunet-semisup``: the commands nnU-Net has no verb for.
+
+nnunet-semisup trainer-dir
+nnunet-semisup preprocess-unlabeled -d D -c CONFIG [-p PLANS] [-np N]
+nnunet-semisup make-benchmark (--images DIR --labels DIR | --source-dataset D) --labeled N --test K ...
+nnunet-semisup evaluate -ref DIR -pred DIR [-o summary.json]
+nnunet-semisup demo [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _cmd_trainer_dir(args: argparse.Namespace) -> int:
+    from nnunet_semisup._register import TRAINER_SHIM_DIR
+
+    print(TRAINER_SHIM_DIR)
+    return 0
+
+
+def _resolve_dataset(dataset: str) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise SystemExit(f"nnunet-semisup: dataset {dataset!r} not found ({e})") from None
+
+
+def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    from nnunet_semisup.data.unlabeled import UnlabeledDataError, preprocess_unlabeled
+
+    dataset_name = _resolve_dataset(args.d)
+    try:
+        report = preprocess_unlabeled(
+            os.path.join(nnUNet_raw.require(), dataset_name),
+            os.path.join(nnUNet_preprocessed.require(), dataset_name),
+            args.c,
+            plans_identifier=args.p,
+            num_processes=args.np,
+            progress=not args.no_progress,
+            log=print,
+        )
+    except (UnlabeledDataError, FileNotFoundError, RuntimeError) as e:
+        print(f"nnunet-semisup preprocess-unlabeled: error: {e}", file=sys.stderr)
+        return 2
+    if not report.case_ids:
+        print(
+            f"No unlabeled images found in {os.path.join(nnUNet_raw.get(), dataset_name, 'imagesUnlabeled')}."
+        )
+    print(
+        f"Unlabeled cases: {len(report.case_ids)} ready in {report.folder} "
+        f"({len(report.processed)} preprocessed now, {len(report.up_to_date)} up to date, "
+        f"{len(report.removed)} removed)"
+    )
+    return 0
+
+
+def _cmd_make_benchmark(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_semisup.data.benchmark import make_benchmark
+
+    if (args.images is None) == (args.source_dataset is None):
+        raise SystemExit(
+            "nnunet-semisup make-benchmark: give either --images (and --labels) or --source-dataset"
+        )
+    source_dataset_dir = None
+    if args.source_dataset is not None:
+        source_dataset_dir = (
+            args.source_dataset
+            if os.path.isdir(args.source_dataset)
+            else os.path.join(nnUNet_raw.require(), _resolve_dataset(args.source_dataset))
+        )
+    label_names = None
+    if args.label_names:
+        label_names = {"background": 0}
+        label_names.update({name: i + 1 for i, name in enumerate(args.label_names.split(","))})
+    channel_names = (
+        {str(i): name for i, name in enumerate(args.channel_names.split(","))} if args.channel_names else None
+    )
+    out = make_benchmark(
+        args.raw_dir or nnUNet_raw.require(),
+        args.out_id,
+        args.name,
+        images_dir=args.images,
+        labels_dir=args.labels,
+        source_dataset_dir=source_dataset_dir,
+        n_labeled=args.labeled,
+        n_test=args.test,
+        n_unlabeled=args.unlabeled,
+        seed=args.seed,
+        label_names=label_names,
+        channel_names=channel_names,
+        link=args.link,
+    )
+    with open(os.path.join(out, "semisup_manifest.json")) as f:
+        manifest = json.load(f)
+    print(
+        f"Wrote {out}: {len(manifest['labeled'])} labeled, {len(manifest['unlabeled'])} unlabeled, "
+        f"{len(manifest['test'])} test cases (seed {args.seed})"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nnunet_semisup.evaluation import evaluate_folders, format_table, save_summary
+
+    labels = None
+    if args.labels_json:
+        with open(args.labels_json) as f:
+            labels = {k: v for k, v in json.load(f)["labels"].items() if k != "background" and v != 0}
+    summary = evaluate_folders(
+        args.pred, args.ref, file_ending=args.file_ending, labels=labels, num_processes=args.np
+    )
+    print(format_table(summary))
+    output = args.o or os.path.join(args.pred, "semisup_summary.json")
+    save_summary(summary, output)
+    print(f"Per-case metrics: {output}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nnunet_semisup.demo import run_demo
+
+    return run_demo(
+        work_dir=args.work_dir,
+        data_dir=args.data,
+        n_labeled=args.labeled,
+        n_unlabeled=args.unlabeled,
+        n_test=args.test,
+        epochs=args.epochs,
+        iters=args.iters,
+        trainers=args.trainers.split(","),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nnunet-semisup`` argument parser (one sub-command per verb)."""
+    parser = argparse.ArgumentParser(prog="nnunet-semisup", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("trainer-dir", help="print the folder to put in nnUNet_extTrainer")
+    p.set_defaults(func=_cmd_trainer_dir)
+
+    p = sub.add_parser(
+        "preprocess-unlabeled",
+        help="preprocess nnUNet_raw/DatasetX/imagesUnlabeled with the dataset's plans (only new cases)",
+    )
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-np", type=int, default=4, help="worker processes (default: 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_preprocess_unlabeled)
+
+    p = sub.add_parser(
+        "make-benchmark",
+        help="build a raw nnU-Net dataset with N labeled, M unlabeled and K test cases",
+        description="Source: a folder pair --images/--labels (nnU-Net or Decathlon naming) or an existing raw "
+        "dataset (--source-dataset). Deterministic per --seed; the test set depends only on the seed and --test, "
+        "and labeled sets are nested across --labeled values.",
+    )
+    p.add_argument("--images", help="folder of images (CASE.nii.gz or CASE_0000.nii.gz)")
+    p.add_argument("--labels", help="folder of label maps CASE.nii.gz")
+    p.add_argument("--source-dataset", help="existing nnU-Net raw dataset (name, id or folder)")
+    p.add_argument("--labeled", type=int, required=True, help="number of labeled cases (imagesTr/labelsTr)")
+    p.add_argument(
+        "--unlabeled", type=int, default=None, help="number of unlabeled cases (default: all the rest)"
+    )
+    p.add_argument("--test", type=int, required=True, help="number of test cases (imagesTs/labelsTs)")
+    p.add_argument("--out-id", type=int, required=True, help="id of the new dataset")
+    p.add_argument("--name", default="SemiSup", help="name of the new dataset (DatasetXXX_NAME)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-names", help="comma-separated names of labels 1, 2, ... (default: inferred)")
+    p.add_argument(
+        "--channel-names", help="comma-separated channel names (default: MRI; 'CT' for CT normalization)"
+    )
+    p.add_argument("--raw-dir", help="nnUNet_raw folder to write into (default: $nnUNet_raw)")
+    p.add_argument("--link", action="store_true", help="symlink instead of copying images")
+    p.set_defaults(func=_cmd_make_benchmark)
+
+    p = sub.add_parser("evaluate", help="per-case and per-class Dice, IoU, HD95 and ASD (mm)")
+    p.add_argument("-ref", required=True, help="folder of reference label maps")
+    p.add_argument("-pred", required=True, help="folder of predicted label maps (same file names)")
+    p.add_argument("-o", help="output JSON (default: PRED/semisup_summary.json)")
+    p.add_argument(
+        "--labels-json", help="dataset.json whose 'labels' name the classes (default: values found)"
+    )
+    p.add_argument("--file-ending", default=".nii.gz")
+    p.add_argument("-np", type=int, default=1, help="worker processes")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="labeled-only vs mean teacher on a small hippocampus benchmark")
+    p.add_argument(
+        "--work-dir", default="demo_work", help="folder for all nnU-Net folders (default: ./demo_work)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="images/labels folder (default: ../shared/data/msd_hippocampus, else generated data)",
+    )
+    p.add_argument("--labeled", type=int, default=8)
+    p.add_argument("--unlabeled", type=int, default=40)
+    p.add_argument("--test", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--iters", type=int, default=15)
+    p.add_argument("--trainers", default="LabeledOnlyTrainer,MeanTeacherTrainer")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nnunet-semisup`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Unlabeled and benchmark data handling."""

@@ -1,0 +1,55 @@
+"""Consistency loss between two predictions of the same voxels (Mean Teacher, Tarvainen & Valpola 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class ProbabilityMSELoss(nn.Module):
+    """Mean squared error between the class probabilities of a student and a (detached) teacher.
+
+    Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017, use the MSE of softmax
+    outputs; the 3D implementations (e.g. UA-MT, Yu et al. 2019) average it over classes and voxels.
+
+    Args:
+        nonlinearity: logits -> probabilities along dim 1. Softmax by default; pass nnU-Net's
+            ``label_manager.apply_inference_nonlin`` to get sigmoid for region-based training.
+
+    Shapes:
+        student_logits, teacher_logits: (B, C, *spatial), same shape.
+        mask (optional): (B, 1, *spatial) or (B, *spatial), 1 where a voxel counts.
+        Returns a scalar. The teacher side never receives a gradient.
+    """
+
+    def __init__(self, nonlinearity: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.nonlinearity = nonlinearity if nonlinearity is not None else (lambda x: torch.softmax(x, 1))
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
+                f"and {tuple(teacher_logits.shape)}"
+            )
+        if student_logits.ndim < 3:
+            raise ValueError(f"expected (B, C, *spatial) logits, got shape {tuple(student_logits.shape)}")
+        # float32 for the squared differences: under AMP half-precision probabilities lose the small
+        # differences that this loss is made of.
+        student = self.nonlinearity(student_logits.float())
+        with torch.no_grad():
+            teacher = self.nonlinearity(teacher_logits.detach().float())
+        squared = (student - teacher) ** 2
+        if mask is None:
+            return squared.mean()
+        if mask.ndim == student.ndim - 1:
+            mask = mask[:, None]
+        if mask.shape[0] != squared.shape[0] or mask.shape[2:] != squared.shape[2:]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not fit logits {tuple(squared.shape)}")
+        mask = mask.to(squared.dtype)
+        denominator = mask.sum() * squared.shape[1]
+        return (squared * mask).sum() / denominator.clamp_min(1.0)

@@ -1,0 +1,17 @@
+"""nnU-Net trainers of nnunet-semisup (installed as ``nnunet_semisup.trainers``).
+
+nnU-Net finds them by class name through ``nnUNet_extTrainer`` (set automatically after ``pip install``;
+``nnunet-semisup trainer-dir`` prints the folder). Class names are stored in checkpoints and results folder
+names: never rename a released one.
+"""
+
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
+from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
+
+__all__ = [
+    "LabeledOnlyTrainer",
+    "MeanTeacherTrainer",
+    "MeanTeacherTrainer_PredictTeacher",
+    "SemiSupervisedTrainer",
+]

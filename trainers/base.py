@@ -1,0 +1,360 @@
+"""``SemiSupervisedTrainer``: what every semi-supervised method shares, on top of nnU-Net's trainer.
+
+A method subclass usually overrides three hooks:
+
+- ``initialize`` (call super first) to build extra modules (teacher, heads, second network);
+- ``compute_loss(data, target, unlabeled)`` returning ``(loss, {name: scalar})``;
+- ``after_optimizer_step`` for EMA updates, and ``get_semisup_state``/``set_semisup_state`` for whatever must
+  survive ``--c``.
+
+Everything else (the unlabeled loader next to nnU-Net's labeled one, the ramp-up clock, AMP and gradient
+clipping, extra curves in the log and progress.png, checkpoint state) lives here once.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_semisup.data.loader import UnlabeledDataLoader
+from nnunet_semisup.data.unlabeled import (
+    UNLABELED_FOLDER,
+    preprocess_unlabeled,
+    unlabeled_preprocessed_folder,
+    unlabeled_status,
+)
+from nnunet_semisup.schedules import apply_schedule, sigmoid_rampup
+from nnunet_semisup.training_log import SemiSupLocalLogger
+
+SEMISUP_STATE_KEY = "semisup_state"
+SEMISUP_STATE_FORMAT = 1
+
+
+def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP and/or ``torch.compile`` wrappers."""
+    if isinstance(network, DDP):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def atomic_torch_save(obj: object, filename: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never truncates ``filename``."""
+    tmp = f"{filename}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, filename)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class SemiSupervisedTrainer(nnUNetTrainer):
+    """Base class of the package's semi-supervised trainers (not a method by itself).
+
+    Class attributes (override in subclasses; nnU-Net's debug.json records them):
+
+    - ``uses_unlabeled_data``: draw an unlabeled batch every iteration (needs imagesUnlabeled).
+    - ``unlabeled_batch_size``: None = the labeled batch size.
+    - ``rampup_fraction``: the sigmoid ramp-up ``w(t) = w_max * exp(-5 (1 - t/T)^2)`` reaches ``w_max`` after
+      ``T = rampup_fraction * num_epochs * num_iterations_per_epoch`` iterations. 1.0 = over the whole run, as
+      in the 3D reference implementations (UA-MT: 40 ramp-up "epochs" of 150 iterations = all 6000).
+    - ``semisup_log_keys``: names of the extra scalars ``compute_loss`` returns, logged per epoch.
+
+    Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
+    """
+
+    uses_unlabeled_data: bool = True
+    unlabeled_batch_size: int | None = None
+    rampup_fraction: float = 1.0
+    semisup_log_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_schedule(self)
+        self.global_step = 0
+        self.unlabeled_case_ids: list[str] = []
+        self.dataloader_unlabeled = None
+        self._semisup_state_restored = False
+        self.preprocessed_unlabeled_folder = (
+            unlabeled_preprocessed_folder(
+                self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier
+            )
+            if self.preprocessed_dataset_folder_base is not None
+            else None
+        )
+        self.logger.local_logger = SemiSupLocalLogger(self.semisup_log_keys)
+
+    # ------------------------------------------------------------------ ramp-up clock
+    @property
+    def rampup_length(self) -> int:
+        """T of the sigmoid ramp-up, in iterations."""
+        return round(self.rampup_fraction * self.num_epochs * self.num_iterations_per_epoch)
+
+    def rampup_weight(self, max_weight: float) -> float:
+        """``max_weight * exp(-5 (1 - t/T)^2)`` at the current iteration ``t = self.global_step``."""
+        return max_weight * sigmoid_rampup(self.global_step, self.rampup_length)
+
+    # ------------------------------------------------------------------ unlabeled data
+    def prepare_unlabeled_data(self) -> None:
+        """Find the preprocessed unlabeled cases, preprocessing new or changed ones first (rank 0 only)."""
+        dataset_name = self.plans_manager.dataset_name
+        raw_dir = os.path.join(nnUNet_raw.get(), dataset_name) if nnUNet_raw.is_set() else None
+        if self.local_rank == 0:
+            ids, needed = unlabeled_status(
+                raw_dir,
+                self.preprocessed_dataset_folder_base,
+                self.configuration_name,
+                self.plans_manager.plans_name,
+            )
+            if needed:
+                self.print_to_log_file(
+                    f"Unlabeled images in {os.path.join(raw_dir, UNLABELED_FOLDER)} are new or changed: "
+                    f"preprocessing them (same as `nnunet-semisup preprocess-unlabeled`)."
+                )
+                report = preprocess_unlabeled(
+                    raw_dir,
+                    self.preprocessed_dataset_folder_base,
+                    self.configuration_name,
+                    self.plans_manager.plans_name,
+                    num_processes=max(1, get_allowed_n_proc_DA() // 2),
+                    log=self.print_to_log_file,
+                )
+                ids = report.case_ids
+        if self.is_ddp:
+            dist.barrier()
+            if self.local_rank != 0:
+                ids, _ = unlabeled_status(
+                    None,
+                    self.preprocessed_dataset_folder_base,
+                    self.configuration_name,
+                    self.plans_manager.plans_name,
+                )
+        if not ids:
+            where = (
+                os.path.join(raw_dir, UNLABELED_FOLDER)
+                if raw_dir
+                else f"nnUNet_raw/{dataset_name}/{UNLABELED_FOLDER}"
+            )
+            raise RuntimeError(
+                f"{self.__class__.__name__} trains on unlabeled images, but dataset {dataset_name} has none. Put "
+                f"them in {where}/ named like imagesTr (CASE_0000{self.dataset_json['file_ending']}, one file per "
+                f"channel) and start again (they are preprocessed automatically, or run `nnunet-semisup "
+                f"preprocess-unlabeled -d {dataset_name} -c {self.configuration_name}`). For the labeled-only "
+                f"baseline use -tr LabeledOnlyTrainer."
+            )
+        self.unlabeled_case_ids = list(ids)
+        self.print_to_log_file(f"Unlabeled training cases: {len(ids)} ({self.preprocessed_unlabeled_folder})")
+
+    def get_unlabeled_dataloader(self):
+        """nnU-Net's training augmentation and threading, applied to random patches of unlabeled cases."""
+        patch_size = self.configuration_manager.patch_size
+        rotation_for_da, do_dummy_2d, initial_patch_size, mirror_axes = (
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        )
+        transforms = self.get_training_transforms(
+            patch_size,
+            rotation_for_da,
+            None,
+            mirror_axes,
+            do_dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label,
+        )
+        dataset = nnUNetDatasetBlosc2(self.preprocessed_unlabeled_folder, list(self.unlabeled_case_ids))
+        loader = UnlabeledDataLoader(
+            dataset,
+            self.unlabeled_batch_size or self.batch_size,
+            initial_patch_size,
+            patch_size,
+            self.label_manager,
+            transforms=transforms,
+        )
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(
+            data_loader=loader,
+            transform=None,
+            num_processes=n_proc,
+            num_cached=max(6, n_proc // 2),
+            seeds=None,
+            pin_memory=self.device.type == "cuda",
+            wait_time=0.002,
+        )
+
+    def get_dataloaders(self):
+        dataloader_train, dataloader_val = super().get_dataloaders()
+        if self.uses_unlabeled_data:
+            self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        return dataloader_train, dataloader_val
+
+    def next_unlabeled_batch(self) -> torch.Tensor:
+        """(B_u, C, *patch) images of the next unlabeled batch, on the training device."""
+        return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------ training loop hooks
+    def on_train_start(self) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        if self.uses_unlabeled_data:
+            self.prepare_unlabeled_data()
+        super().on_train_start()
+        if not self._semisup_state_restored:
+            self.on_fresh_start()
+
+    def on_fresh_start(self) -> None:
+        """Called once at the start of a run that did not resume from a checkpoint, after
+        ``-pretrained_weights`` were loaded into the network: sync teachers to the student here."""
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    def compute_loss(
+        self, data: torch.Tensor, target: torch.Tensor | list[torch.Tensor], unlabeled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """The training objective of one iteration; the default is nnU-Net's supervised loss alone.
+
+        Args:
+            data: (B, C, *patch) labeled images.
+            target: nnU-Net's targets, (B, 1, *patch) or a list of those per deep-supervision scale.
+            unlabeled: (B_u, C, *patch) unlabeled images, or None when ``uses_unlabeled_data`` is False.
+
+        Returns:
+            The scalar loss to minimize, and named scalars to log (``semisup_log_keys``).
+        """
+        return self.loss(self.network(data), target), {}
+
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters whose gradients are clipped (norm 12, as nnU-Net): the network's, plus extra heads."""
+        return self.network.parameters()
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step, with ``self.global_step`` already counting it (EMA updates)."""
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        unlabeled = self.next_unlabeled_batch() if self.uses_unlabeled_data else None
+
+        self.optimizer.zero_grad(set_to_none=True)
+        # autocast on CUDA only, as nnU-Net (slow on CPU, unsupported on MPS)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            loss, terms = self.compute_loss(data, target, unlabeled)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self.optimizer.step()
+        self.global_step += 1
+        self.after_optimizer_step()
+        out = {"loss": loss.detach().cpu().numpy()}
+        for key, value in terms.items():
+            out[key] = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
+        return out
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        summary = []
+        for key in self.semisup_log_keys:
+            values = np.array([o[key] for o in train_outputs if key in o], dtype=float)
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, values)
+                values = np.concatenate(gathered)
+            mean = float(np.mean(values)) if values.size else float("nan")
+            self.logger.log(key, mean, self.current_epoch)
+            summary.append(f"{key} {mean:.4g}")
+        if summary:
+            self.print_to_log_file("semi-supervised terms: " + ", ".join(summary))
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_semisup_state(self) -> dict:
+        """Extra state saved under the checkpoint's ``semisup_state`` key; extend it in subclasses."""
+        return {"format": SEMISUP_STATE_FORMAT, "global_step": self.global_step}
+
+    def set_semisup_state(self, state: dict) -> None:
+        """Restore what :meth:`get_semisup_state` saved (called by ``load_checkpoint``, i.e. on ``--c``)."""
+        self.global_step = int(state["global_step"])
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net's checkpoint (same keys, so nnU-Net's predictor and -pretrained_weights read it) plus our
+        # state, written atomically.
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": unwrap_network(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            SEMISUP_STATE_KEY: self.get_semisup_state(),
+        }
+        atomic_torch_save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: str) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError(
+                "load_checkpoint expects the path of a checkpoint file (nnU-Net 2.8 reads paths only)"
+            )
+        super().load_checkpoint(filename_or_checkpoint)
+        # mmap: the second read only touches the semisup_state tensors, not the whole file again
+        checkpoint = torch.load(
+            filename_or_checkpoint, map_location=self.device, weights_only=False, mmap=True
+        )
+        state = checkpoint.get(SEMISUP_STATE_KEY)
+        if state is None:
+            warnings.warn(
+                f"{filename_or_checkpoint} has no {SEMISUP_STATE_KEY!r}: extra state starts fresh "
+                f"(teachers copied from the network, ramp-up clock from the epoch counter)",
+                stacklevel=2,
+            )
+            self.global_step = self.current_epoch * self.num_iterations_per_epoch
+            return
+        self.set_semisup_state(state)
+        self._semisup_state_restored = True
