@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -254,9 +254,14 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         """
         return self.loss(self.network(data), target), {}
 
-    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
-        """Parameters whose gradients are clipped (norm 12, as nnU-Net): the network's, plus extra heads."""
-        return self.network.parameters()
+    def gradient_clipping_groups(self) -> list[Iterable[torch.nn.Parameter]]:
+        """Parameter groups whose gradient norms are clipped to 12 separately (as nnU-Net does for its
+        network). Add a group per extra network or head that the optimizer trains."""
+        return [self.network.parameters()]
+
+    def _clip_gradients(self) -> None:
+        for group in self.gradient_clipping_groups():
+            torch.nn.utils.clip_grad_norm_(group, 12)
 
     def after_optimizer_step(self) -> None:
         """Called after every optimizer step, with ``self.global_step`` already counting it (EMA updates)."""
@@ -277,12 +282,12 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self._clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self._clip_gradients()
             self.optimizer.step()
         self.global_step += 1
         self.after_optimizer_step()

@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -168,6 +167,14 @@ def _check_image(path_hint: str, data: np.ndarray, properties: dict, dataset_jso
         )
     if data.size == 0 or min(data.shape[1:]) == 0:
         raise UnlabeledDataError(f"{path_hint}: image has no voxels (shape {tuple(data.shape[1:])}).")
+    original_spacing = properties.get("sitk_stuff", {}).get("spacing", properties.get("spacing", ()))
+    if len(original_spacing) != 3 or 999 in properties.get(
+        "spacing", ()
+    ):  # 999: nnU-Net's mark of a 2D image
+        raise UnlabeledDataError(
+            f"{path_hint}: is a {len(original_spacing)}D image, but the dataset's images are 3D. Store the "
+            f"whole 3D volume, as in imagesTr."
+        )
     spacing = np.asarray(properties.get("spacing", ()), dtype=float)
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise UnlabeledDataError(
@@ -283,13 +290,12 @@ def preprocess_unlabeled(
     report = PreprocessReport(folder=out_folder)
 
     signature = plans_signature(plans, configuration)
-    manifest = read_manifest(out_folder)
-    if manifest is None or manifest.get("plans_signature") != signature:
-        if manifest is not None:
-            log("Plans changed since the unlabeled cases were preprocessed: redoing all of them.")
-        manifest = {"format": MANIFEST_FORMAT, "plans_signature": signature, "cases": {}}
+    manifest = read_manifest(out_folder) or {
+        "format": MANIFEST_FORMAT,
+        "plans_signature": signature,
+        "cases": {},
+    }
     done: dict[str, list] = manifest["cases"]
-
     wanted = {case_id: [_file_signature(p) for p in files] for case_id, files in cases.items()}
     for case_id in sorted(set(done) - set(wanted)):
         for path in _case_files(out_folder, case_id):
@@ -297,6 +303,10 @@ def preprocess_unlabeled(
                 os.remove(path)
         del done[case_id]
         report.removed.append(case_id)
+    if manifest["plans_signature"] != signature:
+        log("Plans changed since the unlabeled cases were preprocessed: redoing all of them.")
+        manifest["plans_signature"] = signature
+        done.clear()
     todo = [case_id for case_id in wanted if done.get(case_id) != wanted[case_id]]
     report.up_to_date = [case_id for case_id in wanted if case_id not in todo]
 
@@ -346,8 +356,8 @@ def unlabeled_status(
     """(preprocessed case ids, whether preprocessing is needed) without writing anything.
 
     Preprocessing is needed when imagesUnlabeled has new, changed or removed cases, or the plans changed.
-    Without a raw folder (a cluster node with only nnUNet_preprocessed) the existing preprocessed cases are
-    used as they are.
+    Without the raw dataset folder (a cluster node with only nnUNet_preprocessed) the existing preprocessed
+    cases are used as they are, unless they were made with other plans (then :class:`UnlabeledDataError`).
     """
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -356,14 +366,12 @@ def unlabeled_status(
     data_identifier = PlansManager(plans).get_configuration(configuration).data_identifier
     manifest = read_manifest(unlabeled_preprocessed_folder(preprocessed_dataset_dir, data_identifier))
     done = sorted(manifest["cases"]) if manifest else []
-    if raw_dataset_dir is None or not os.path.isdir(os.path.join(raw_dataset_dir, UNLABELED_FOLDER)):
-        if raw_dataset_dir is not None and not done:
-            return [], False
+    if raw_dataset_dir is None or not os.path.isdir(raw_dataset_dir):
         if manifest is not None and manifest.get("plans_signature") != plans_signature(plans, configuration):
-            warnings.warn(
-                "preprocessed unlabeled cases were made with other plans and the raw images are not available "
-                "to redo them; using them as they are",
-                stacklevel=2,
+            raise UnlabeledDataError(
+                f"the preprocessed unlabeled cases of {preprocessed_dataset_dir} were made with other plans, and "
+                f"the raw images are not available to redo them (nnUNet_raw/<dataset>/{UNLABELED_FOLDER} not "
+                f"found). Make them available here, or run `nnunet-semisup preprocess-unlabeled` where they are."
             )
         return done, False
     with open(os.path.join(preprocessed_dataset_dir, "dataset.json")) as f:

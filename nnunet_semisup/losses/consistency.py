@@ -48,7 +48,7 @@ class ProbabilityMSELoss(nn.Module):
             return squared.mean()
         if mask.ndim == student.ndim - 1:
             mask = mask[:, None]
-        if mask.shape[0] != squared.shape[0] or mask.shape[2:] != squared.shape[2:]:
+        if mask.shape[0] != squared.shape[0] or mask.shape[1] != 1 or mask.shape[2:] != squared.shape[2:]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not fit logits {tuple(squared.shape)}")
         mask = mask.to(squared.dtype)
         denominator = mask.sum() * squared.shape[1]

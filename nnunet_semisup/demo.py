@@ -1,0 +1,288 @@
+"""The demo: labeled-only nnU-Net vs mean teacher on a small hippocampus benchmark, through the stock
+nnU-Net console scripts, with every nnU-Net folder under one work folder.
+
+Steps: make-benchmark -> nnUNetv2_plan_and_preprocess -> preprocess-unlabeled -> nnUNetv2_train (each
+trainer, same schedule, fold ``all``) -> nnUNetv2_predict on the test cases -> evaluate -> table and plot.
+Finished steps are skipped when the demo is run again with the same work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATASET_ID = 504
+PROGRESS_MARKERS = ("Epoch ", "Epoch time", "semi-supervised terms", "Pseudo dice", "Mean Validation Dice")
+
+
+def default_data_dir() -> Path | None:
+    """``$NNUNET_SEMISUP_DEMO_DATA``, else ``../shared/data/msd_hippocampus`` seen from the current folder."""
+    candidates = [
+        os.environ.get("NNUNET_SEMISUP_DEMO_DATA"),
+        Path.cwd().parent / "shared/data/msd_hippocampus",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "images").is_dir():
+            return Path(candidate)
+    return None
+
+
+class _Demo:
+    def __init__(self, work_dir: Path, schedule: str) -> None:
+        import torch
+
+        self.work = work_dir
+        self.t0 = time.time()
+        self.bin = Path(sys.executable).parent
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.env = dict(os.environ)
+        self.env.update(
+            nnUNet_raw=str(work_dir / "nnUNet_raw"),
+            nnUNet_preprocessed=str(work_dir / "nnUNet_preprocessed"),
+            nnUNet_results=str(work_dir / "nnUNet_results"),
+            nnUNet_semisup_schedule=schedule,
+            # nnU-Net's default of 8 export workers costs minutes of imports on a small machine
+            nnUNet_def_n_proc=str(min(4, os.cpu_count() or 1)),
+            PYTHONUNBUFFERED="1",
+        )
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            Path(self.env[key]).mkdir(parents=True, exist_ok=True)
+            os.environ[key] = self.env[key]  # for the in-process steps (make-benchmark, evaluate)
+        (work_dir / "logs").mkdir(exist_ok=True)
+
+    def say(self, message: str) -> None:
+        print(f"[{time.time() - self.t0:6.0f} s] {message}", flush=True)
+
+    def run(self, log_name: str, *args: str) -> None:
+        """Run a console script; show its progress lines, keep its whole output in logs/."""
+        log_path = self.work / "logs" / f"{log_name}.log"
+        self.say(f"$ {' '.join(args)}   (log: {log_path})")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [str(self.bin / args[0]), *args[1:]],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for line in proc.stdout:
+                log.write(line)
+                if any(marker in line for marker in PROGRESS_MARKERS):
+                    print("    " + line.rstrip()[:150], flush=True)
+            if proc.wait() != 0:
+                raise SystemExit(f"demo: {args[0]} failed (exit {proc.returncode}); see {log_path}")
+
+
+def run_demo(
+    work_dir: str = "demo_work",
+    data_dir: str | None = None,
+    n_labeled: int = 8,
+    n_unlabeled: int = 40,
+    n_test: int = 20,
+    epochs: int = 8,
+    iters: int = 15,
+    trainers: list[str] | None = None,
+) -> int:
+    """Run the demo; returns 0. See the module docstring for the steps."""
+    from nnunet_semisup.data.benchmark import make_benchmark
+    from nnunet_semisup.data.synthetic import write_synthetic_cases
+    from nnunet_semisup.data.unlabeled import preprocess_unlabeled
+    from nnunet_semisup.evaluation import evaluate_folders, format_table, save_summary
+
+    trainers = trainers or ["LabeledOnlyTrainer", "MeanTeacherTrainer"]
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    demo = _Demo(work, f"epochs={epochs},iters={iters},val_iters=2")
+    raw = Path(demo.env["nnUNet_raw"])
+
+    source = Path(data_dir) if data_dir else default_data_dir()
+    existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
+    if existing:
+        dataset_dir = existing[0]
+        demo.say(f"[1/6] Reusing {dataset_dir}")
+    else:
+        if source is not None:
+            name, label_names = "Hippocampus", {"background": 0, "anterior": 1, "posterior": 2}
+            demo.say(f"[1/6] Building the benchmark from {source} (MSD Hippocampus, CC-BY-SA 4.0)")
+        else:
+            name, label_names = "Synthetic", None
+            source = work / "synthetic_source"
+            demo.say(
+                f"[1/6] {default_data_dir.__doc__.split(',')[1].strip()} not found: generating data in {source}"
+            )
+            if not (source / "images").is_dir():
+                write_synthetic_cases(str(source), n_labeled + n_unlabeled + n_test, seed=0)
+        dataset_dir = Path(
+            make_benchmark(
+                str(raw),
+                DATASET_ID,
+                name,
+                images_dir=str(source / "images"),
+                labels_dir=str(source / "labels"),
+                n_labeled=n_labeled,
+                n_unlabeled=n_unlabeled,
+                n_test=n_test,
+                seed=0,
+                label_names=label_names,
+            )
+        )
+    dataset_name = dataset_dir.name
+    demo.say(f"      {dataset_dir}: {n_labeled} labeled, {n_unlabeled} unlabeled, {n_test} test cases")
+
+    preprocessed = Path(demo.env["nnUNet_preprocessed"]) / dataset_name
+    if not (preprocessed / "nnUNetPlans_3d_fullres").is_dir():
+        demo.say("[2/6] Planning and preprocessing (stock nnU-Net)")
+        demo.run(
+            "plan_and_preprocess",
+            "nnUNetv2_plan_and_preprocess",
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-np",
+            "2",
+        )
+    else:
+        demo.say("[2/6] Plans and preprocessed data exist")
+
+    demo.say("[3/6] Preprocessing the unlabeled images with the same plans")
+    report = preprocess_unlabeled(str(dataset_dir), str(preprocessed), "3d_fullres", num_processes=2)
+    demo.say(f"      {len(report.case_ids)} unlabeled cases ready ({len(report.processed)} new)")
+
+    results = Path(demo.env["nnUNet_results"]) / dataset_name
+    train_seconds = {}
+    for i, trainer in enumerate(trainers):
+        final = results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+        if final.is_file():
+            demo.say(f"[4/6] {trainer}: already trained ({final})")
+            continue
+        demo.say(
+            f"[4/6] Training {trainer} ({i + 1}/{len(trainers)}), schedule {demo.env['nnUNet_semisup_schedule']}"
+        )
+        start = time.time()
+        demo.run(
+            f"train_{trainer}",
+            "nnUNetv2_train",
+            str(DATASET_ID),
+            "3d_fullres",
+            "all",
+            "-tr",
+            trainer,
+            "-device",
+            demo.device,
+        )
+        train_seconds[trainer] = time.time() - start
+
+    summaries = {}
+    for trainer in trainers:
+        prediction = work / "predictions" / trainer
+        expected = {p.name for p in (dataset_dir / "labelsTs").glob("*.nii.gz")}
+        if not prediction.is_dir() or not expected <= {p.name for p in prediction.glob("*.nii.gz")}:
+            demo.say(f"[5/6] Predicting the test cases with {trainer} (stock nnUNetv2_predict)")
+            demo.run(
+                f"predict_{trainer}",
+                "nnUNetv2_predict",
+                "-i",
+                str(dataset_dir / "imagesTs"),
+                "-o",
+                str(prediction),
+                "-d",
+                str(DATASET_ID),
+                "-c",
+                "3d_fullres",
+                "-tr",
+                trainer,
+                "-f",
+                "all",
+                "-device",
+                demo.device,
+                "-npp",
+                "1",
+                "-nps",
+                "1",
+            )
+        dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
+        labels = {k: v for k, v in dataset_json["labels"].items() if v != 0}
+        summary = evaluate_folders(str(prediction), str(dataset_dir / "labelsTs"), labels=labels)
+        save_summary(summary, str(prediction / "semisup_summary.json"))
+        summaries[trainer] = summary
+
+    demo.say("[6/6] Results on the held-out test cases (final checkpoints, same plans and schedule)")
+    table = comparison_table(summaries)
+    print(table)
+    for trainer in trainers:
+        print(f"\n{trainer}:\n{format_table(summaries[trainer])}")
+    plot_path = work / "demo_comparison.png"
+    plot_comparison(summaries, str(plot_path))
+    (work / "demo_results.json").write_text(
+        json.dumps({"summaries": summaries, "train_seconds": train_seconds, "table": table}, indent=1)
+    )
+    demo.say(f"Done. Plot: {plot_path}; per-case metrics: {work / 'predictions'}/*/semisup_summary.json")
+    return 0
+
+
+def comparison_table(summaries: dict[str, dict]) -> str:
+    """Per-class Dice and HD95 (mean +- std over test cases) of each trainer, and the Dice difference to the
+    first trainer (the labeled-only baseline) with the number of test cases where it is better."""
+    names = list(summaries)
+    baseline = summaries[names[0]]
+    classes = list(baseline["mean"])
+    header = f"{'class':<12}" + "".join(f"{n + ' Dice':>30}{'HD95 mm':>14}" for n in names)
+    if len(names) > 1:
+        header += "".join(f"{'dDice ' + n:>34}{'wins':>8}" for n in names[1:])
+    lines = [header, "-" * len(header)]
+    for cls in [*classes, "mean"]:
+        row = f"{cls:<12}"
+        for n in names:
+            dice, hd = _case_values(summaries[n], cls, "dice"), _case_values(summaries[n], cls, "hd95")
+            row += f"{_mean(dice):>22.3f} ± {_std(dice):.3f}{_mean(hd):>14.2f}"
+        for n in names[1:]:
+            diff = [
+                a - b
+                for a, b in zip(_case_values(summaries[n], cls, "dice"), _case_values(baseline, cls, "dice"))
+            ]
+            row += f"{_mean(diff):>+34.3f}{sum(d > 0 for d in diff):>5}/{len(diff):<2}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _case_values(summary: dict, cls: str, metric: str) -> list[float]:
+    if cls == "mean":  # per case, the mean over classes
+        per_class = [_case_values(summary, c, metric) for c in summary["mean"]]
+        return [sum(v) / len(v) for v in zip(*per_class)]
+    return [case["metrics"][cls][metric] for case in summary["per_case"]]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    m = _mean(values)
+    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5 if values else float("nan")
+
+
+def plot_comparison(summaries: dict[str, dict], path: str) -> None:
+    """Box plots of per-case Dice per class, one box per trainer."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    classes = list(summaries[names[0]]["mean"])
+    fig, axes = plt.subplots(1, len(classes), figsize=(4.5 * len(classes), 4.5), squeeze=False)
+    for ax, cls in zip(axes[0], classes):
+        ax.boxplot([_case_values(summaries[n], cls, "dice") for n in names], showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), [n.replace("Trainer", "") for n in names], rotation=15)
+        ax.set_title(f"{cls}: Dice per test case")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Labeled-only vs semi-supervised (same plans and schedule, final checkpoints)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny nnU-Net dataset planned once per session, and a runner for the real console
+scripts (``nnUNetv2_*`` and ``nnunet-semisup``) of the virtualenv that runs the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HIPPOCAMPUS = REPO.parent / "shared" / "data" / "msd_hippocampus"
+BIN = Path(sys.executable).parent
+TINY_DATASET_ID = 501
+TINY_DATASET_NAME = "Dataset501_Tiny"
+
+
+@dataclass
+class ConsoleRunner:
+    """Runs console scripts with nnU-Net's folders pointed into a temporary directory."""
+
+    env: dict[str, str]
+    root: Path
+
+    def __call__(self, *args: str, timeout: int = 600, check: bool = True, extra_env: dict | None = None):
+        env = dict(self.env, **(extra_env or {}))
+        exe = BIN / args[0]
+        assert exe.exists(), f"console script {exe} not installed (run the README's test command)"
+        proc = subprocess.run(
+            [str(exe), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited with {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-4000:]}"
+                f"\n--- stderr (tail) ---\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    @property
+    def raw(self) -> Path:
+        return Path(self.env["nnUNet_raw"])
+
+    @property
+    def preprocessed(self) -> Path:
+        return Path(self.env["nnUNet_preprocessed"])
+
+    @property
+    def results(self) -> Path:
+        return Path(self.env["nnUNet_results"])
+
+    def train(
+        self, trainer: str, fold: str = "0", schedule: str = "epochs=1,iters=2,val_iters=1", *extra: str
+    ):
+        """``nnUNetv2_train`` on the tiny dataset on CPU with a shortened schedule."""
+        return self(
+            "nnUNetv2_train",
+            str(TINY_DATASET_ID),
+            "3d_fullres",
+            fold,
+            "-tr",
+            trainer,
+            "-device",
+            "cpu",
+            *extra,
+            extra_env={"nnUNet_semisup_schedule": schedule},
+        )
+
+    def output_folder(self, trainer: str, fold: str = "0") -> Path:
+        return self.results / TINY_DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+
+
+def _base_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
+    # nnUNet_extTrainer deliberately unset: the installed .pth must register our trainers by itself
+    env.update(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_n_proc_DA="1",
+        nnUNet_compile="f",
+        nnUNet_def_n_proc="1",  # nnU-Net spawns 8 export workers by default: minutes of imports on 2 cores
+        PYTHONUNBUFFERED="1",
+    )
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> ConsoleRunner:
+    """Dataset501_Tiny: 5 labeled, 3 unlabeled, 2 test synthetic 32^3 cases, built with
+    ``nnunet-semisup make-benchmark`` and planned/preprocessed with the real ``nnUNetv2_plan_and_preprocess``."""
+    from nnunet_semisup.data.synthetic import write_synthetic_cases
+
+    root = tmp_path_factory.mktemp("nnunet")
+    runner = ConsoleRunner(_base_env(root), root)
+    source = root / "source"
+    write_synthetic_cases(str(source), 10, shape=(32, 32, 32), seed=3)
+    runner(
+        "nnunet-semisup",
+        "make-benchmark",
+        "--images",
+        str(source / "images"),
+        "--labels",
+        str(source / "labels"),
+        "--labeled",
+        "5",
+        "--unlabeled",
+        "3",
+        "--test",
+        "2",
+        "--out-id",
+        str(TINY_DATASET_ID),
+        "--name",
+        "Tiny",
+    )
+    runner("nnUNetv2_plan_and_preprocess", "-d", str(TINY_DATASET_ID), "-c", "3d_fullres", "-np", "1")
+    return runner

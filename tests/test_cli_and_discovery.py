@@ -1,0 +1,117 @@
+"""Tests for how nnU-Net finds the trainers: ``_register`` (nnUNet_extTrainer), the shim folder, and
+``nnunet-semisup trainer-dir``."""
+
+import os
+
+import pytest
+
+from nnunet_semisup import _register
+from nnunet_semisup._register import ENV_VAR, TRAINER_SHIM_DIR, register
+from nnunet_semisup.cli import main
+
+# --- _register.register ----------------------------------------------------------------------------------
+
+
+def test_register_sets_variable_when_absent():
+    environ: dict[str, str] = {}
+    register(environ)
+    assert environ == {ENV_VAR: TRAINER_SHIM_DIR}
+
+
+def test_register_appends_after_existing_entries():
+    environ = {ENV_VAR: os.pathsep.join(["/opt/a", "/opt/b"]), "OTHER": "x"}
+    register(environ)
+    assert environ[ENV_VAR].split(os.pathsep) == ["/opt/a", "/opt/b", TRAINER_SHIM_DIR]
+    assert environ["OTHER"] == "x"
+
+
+def test_register_is_idempotent():
+    environ = {ENV_VAR: "/opt/a"}
+    register(environ)
+    once = environ[ENV_VAR]
+    register(environ)
+    register(environ)
+    assert environ[ENV_VAR] == once
+    assert once.split(os.pathsep).count(TRAINER_SHIM_DIR) == 1
+
+
+def test_register_keeps_shim_dir_where_it_already_is():
+    value = os.pathsep.join([TRAINER_SHIM_DIR, "/opt/a"])
+    environ = {ENV_VAR: value}
+    register(environ)
+    assert environ[ENV_VAR] == value
+
+
+def test_register_drops_empty_entries_when_appending():
+    environ = {ENV_VAR: os.pathsep + "/opt/a" + os.pathsep}
+    register(environ)
+    assert environ[ENV_VAR].split(os.pathsep) == ["/opt/a", TRAINER_SHIM_DIR]
+
+
+def test_installed_pth_registered_shim_dir_at_interpreter_start():
+    # the .pth file of a non-editable install imports _register, which appends the shim dir to os.environ
+    assert TRAINER_SHIM_DIR in os.environ.get(ENV_VAR, "").split(os.pathsep)
+
+
+def test_shim_dir_holds_the_trainer_shim_module():
+    assert os.path.isabs(TRAINER_SHIM_DIR)
+    assert os.path.dirname(TRAINER_SHIM_DIR) == os.path.dirname(os.path.abspath(_register.__file__))
+    shim = os.path.join(TRAINER_SHIM_DIR, "nnunet_semisup_trainers.py")
+    assert os.path.isfile(shim)
+    with open(shim) as f:
+        assert "from nnunet_semisup.trainers import *" in f.read()
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+
+def test_cli_trainer_dir_prints_shim_folder(capsys):
+    assert main(["trainer-dir"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == TRAINER_SHIM_DIR
+
+
+def test_cli_without_command_exits_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main([])
+    assert excinfo.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+# --- nnU-Net's own trainer search ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def find_trainer():
+    """nnU-Net's trainer search with ``nnUNet_extTrainer`` set to only the shim folder."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, TRAINER_SHIM_DIR)
+        yield recursive_find_trainer_class_by_name
+
+
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher"),
+        ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher"),
+        ("LabeledOnlyTrainer", "nnunet_semisup.trainers.labeled_only"),
+    ],
+)
+def test_nnunet_trainer_search_finds_our_classes_with_real_module_path(find_trainer, name, module):
+    import importlib
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    cls = find_trainer(name)
+    assert cls.__name__ == name
+    assert cls.__module__ == module
+    assert issubclass(cls, nnUNetTrainer)
+    # the very class object of the installed package, not a copy imported under the shim's name
+    assert getattr(importlib.import_module(module), name) is cls
+
+
+def test_nnunet_trainer_search_still_fails_for_unknown_names(find_trainer):
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+        find_trainer("NoSuchSemisupTrainer")
