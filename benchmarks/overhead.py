@@ -42,13 +42,17 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def worker(dataset: str, configuration: str, trainer_name: str, iters: int, warmup: int, device: str) -> dict:
+def worker(
+    dataset: str, configuration: str, plans: str, trainer_name: str, iters: int, warmup: int, device: str
+) -> dict:
     """Time ``iters`` training steps of one trainer in this process; returns a JSON-able dict."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
     torch.manual_seed(0)
-    trainer = get_trainer_from_args(dataset, configuration, "all", trainer_name, device=torch.device(device))
+    trainer = get_trainer_from_args(
+        dataset, configuration, "all", trainer_name, plans, device=torch.device(device)
+    )
     trainer.initialize()
     if getattr(trainer, "uses_unlabeled_data", False):
         trainer.prepare_unlabeled_data()
@@ -99,6 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id (planned, preprocessed)")
     parser.add_argument("-c", default="3d_fullres")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier")
     parser.add_argument("--trainers", default="nnUNetTrainer,MeanTeacherTrainer")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--iters", type=int, default=6)
@@ -112,7 +117,7 @@ def main() -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
-        result = worker(args.d, args.c, args.worker, args.iters, args.warmup, args.device)
+        result = worker(args.d, args.c, args.p, args.worker, args.iters, args.warmup, args.device)
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -124,7 +129,7 @@ def main() -> int:
     for rep in range(args.reps):
         order = trainers[rep % len(trainers) :] + trainers[: rep % len(trainers)]
         for name in order:
-            cmd = [sys.executable, __file__, "-d", args.d, "-c", args.c, "--iters", str(args.iters),
+            cmd = [sys.executable, __file__, "-d", args.d, "-c", args.c, "-p", args.p, "--iters", str(args.iters),
                    "--warmup", str(args.warmup), "--device", args.device, "--worker", name]  # fmt: skip
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

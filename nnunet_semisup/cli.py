@@ -138,6 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         iters=args.iters,
         trainers=args.trainers.split(","),
+        spacing_mm=None if args.spacing <= 0 else args.spacing,
     )
 
 
@@ -210,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", type=int, default=40)
     p.add_argument("--test", type=int, default=20)
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--iters", type=int, default=15)
+    p.add_argument("--iters", type=int, default=40)
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=2.0,
+        help="target spacing in mm of the demo's plans, for CPU speed (default 2; 0 = nnU-Net's own plans)",
+    )
     p.add_argument("--trainers", default="LabeledOnlyTrainer,MeanTeacherTrainer")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -84,8 +84,9 @@ def run_demo(
     n_unlabeled: int = 40,
     n_test: int = 20,
     epochs: int = 8,
-    iters: int = 15,
+    iters: int = 40,
     trainers: list[str] | None = None,
+    spacing_mm: float | None = 2.0,
 ) -> int:
     """Run the demo; returns 0. See the module docstring for the steps."""
     from nnunet_semisup.data.benchmark import make_benchmark
@@ -98,6 +99,8 @@ def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     demo = _Demo(work, f"epochs={epochs},iters={iters},val_iters=2")
     raw = Path(demo.env["nnUNet_raw"])
+    plans = "nnUNetPlans" if spacing_mm is None else f"nnUNetPlans_demo{spacing_mm:g}mm"
+    dataset_id = str(DATASET_ID)
 
     source = Path(data_dir) if data_dir else default_data_dir()
     existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
@@ -111,102 +114,59 @@ def run_demo(
         else:
             name, label_names = "Synthetic", None
             source = work / "synthetic_source"
-            demo.say(
-                f"[1/6] {default_data_dir.__doc__.split(',')[1].strip()} not found: generating data in {source}"
-            )
+            demo.say(f"[1/6] No hippocampus data found (--data): generating synthetic cases in {source}")
             if not (source / "images").is_dir():
                 write_synthetic_cases(str(source), n_labeled + n_unlabeled + n_test, seed=0)
+        split = {"n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "n_test": n_test, "seed": 0}
         dataset_dir = Path(
-            make_benchmark(
-                str(raw),
-                DATASET_ID,
-                name,
-                images_dir=str(source / "images"),
-                labels_dir=str(source / "labels"),
-                n_labeled=n_labeled,
-                n_unlabeled=n_unlabeled,
-                n_test=n_test,
-                seed=0,
-                label_names=label_names,
-            )
-        )
-    dataset_name = dataset_dir.name
-    demo.say(f"      {dataset_dir}: {n_labeled} labeled, {n_unlabeled} unlabeled, {n_test} test cases")
+            make_benchmark(str(raw), DATASET_ID, name, images_dir=str(source / "images"),
+                           labels_dir=str(source / "labels"), label_names=label_names, **split)
+        )  # fmt: skip
+    manifest = json.loads((dataset_dir / "semisup_manifest.json").read_text())
+    demo.say(
+        f"      {dataset_dir}: {len(manifest['labeled'])} labeled, {len(manifest['unlabeled'])} unlabeled, "
+        f"{len(manifest['test'])} test cases"
+    )
 
-    preprocessed = Path(demo.env["nnUNet_preprocessed"]) / dataset_name
-    if not (preprocessed / "nnUNetPlans_3d_fullres").is_dir():
-        demo.say("[2/6] Planning and preprocessing (stock nnU-Net)")
-        demo.run(
-            "plan_and_preprocess",
-            "nnUNetv2_plan_and_preprocess",
-            "-d",
-            str(DATASET_ID),
-            "-c",
-            "3d_fullres",
-            "-np",
-            "2",
-        )
+    preprocessed = Path(demo.env["nnUNet_preprocessed"]) / dataset_dir.name
+    if not (preprocessed / f"{plans}_3d_fullres").is_dir():
+        demo.say(f"[2/6] Planning and preprocessing (stock nnU-Net, plans {plans})")
+        custom = [] if spacing_mm is None else ["-overwrite_target_spacing", *[f"{spacing_mm:g}"] * 3,
+                                                "-overwrite_plans_name", plans]  # fmt: skip
+        demo.run("plan", "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
+                 *custom)  # fmt: skip
     else:
-        demo.say("[2/6] Plans and preprocessed data exist")
+        demo.say(f"[2/6] Plans {plans} and preprocessed data exist")
 
     demo.say("[3/6] Preprocessing the unlabeled images with the same plans")
-    report = preprocess_unlabeled(str(dataset_dir), str(preprocessed), "3d_fullres", num_processes=2)
+    report = preprocess_unlabeled(str(dataset_dir), str(preprocessed), "3d_fullres", plans, num_processes=2)
     demo.say(f"      {len(report.case_ids)} unlabeled cases ready ({len(report.processed)} new)")
 
-    results = Path(demo.env["nnUNet_results"]) / dataset_name
+    results = Path(demo.env["nnUNet_results"]) / dataset_dir.name
     train_seconds = {}
     for i, trainer in enumerate(trainers):
-        final = results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+        final = results / f"{trainer}__{plans}__3d_fullres" / "fold_all" / "checkpoint_final.pth"
         if final.is_file():
             demo.say(f"[4/6] {trainer}: already trained ({final})")
             continue
-        demo.say(
-            f"[4/6] Training {trainer} ({i + 1}/{len(trainers)}), schedule {demo.env['nnUNet_semisup_schedule']}"
-        )
+        schedule = demo.env["nnUNet_semisup_schedule"]
+        demo.say(f"[4/6] Training {trainer} ({i + 1}/{len(trainers)}), schedule {schedule}")
         start = time.time()
-        demo.run(
-            f"train_{trainer}",
-            "nnUNetv2_train",
-            str(DATASET_ID),
-            "3d_fullres",
-            "all",
-            "-tr",
-            trainer,
-            "-device",
-            demo.device,
-        )
-        train_seconds[trainer] = time.time() - start
+        demo.run(f"train_{trainer}", "nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", trainer,
+                 "-p", plans, "-device", demo.device)  # fmt: skip
+        train_seconds[trainer] = round(time.time() - start, 1)
 
     summaries = {}
+    dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
+    labels = {k: v for k, v in dataset_json["labels"].items() if v != 0}
+    expected = {p.name for p in (dataset_dir / "labelsTs").glob("*.nii.gz")}
     for trainer in trainers:
-        prediction = work / "predictions" / trainer
-        expected = {p.name for p in (dataset_dir / "labelsTs").glob("*.nii.gz")}
+        prediction = work / "predictions" / f"{trainer}__{plans}"
         if not prediction.is_dir() or not expected <= {p.name for p in prediction.glob("*.nii.gz")}:
             demo.say(f"[5/6] Predicting the test cases with {trainer} (stock nnUNetv2_predict)")
-            demo.run(
-                f"predict_{trainer}",
-                "nnUNetv2_predict",
-                "-i",
-                str(dataset_dir / "imagesTs"),
-                "-o",
-                str(prediction),
-                "-d",
-                str(DATASET_ID),
-                "-c",
-                "3d_fullres",
-                "-tr",
-                trainer,
-                "-f",
-                "all",
-                "-device",
-                demo.device,
-                "-npp",
-                "1",
-                "-nps",
-                "1",
-            )
-        dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
-        labels = {k: v for k, v in dataset_json["labels"].items() if v != 0}
+            demo.run(f"predict_{trainer}", "nnUNetv2_predict", "-i", str(dataset_dir / "imagesTs"),
+                     "-o", str(prediction), "-d", dataset_id, "-c", "3d_fullres", "-tr", trainer, "-p", plans,
+                     "-f", "all", "-device", demo.device, "-npp", "1", "-nps", "1", "--disable_tta")  # fmt: skip
         summary = evaluate_folders(str(prediction), str(dataset_dir / "labelsTs"), labels=labels)
         save_summary(summary, str(prediction / "semisup_summary.json"))
         summaries[trainer] = summary
@@ -218,9 +178,10 @@ def run_demo(
         print(f"\n{trainer}:\n{format_table(summaries[trainer])}")
     plot_path = work / "demo_comparison.png"
     plot_comparison(summaries, str(plot_path))
-    (work / "demo_results.json").write_text(
-        json.dumps({"summaries": summaries, "train_seconds": train_seconds, "table": table}, indent=1)
-    )
+    results_json = {"plans": plans, "schedule": demo.env["nnUNet_semisup_schedule"], "table": table,
+                    "train_seconds": train_seconds, "total_seconds": round(time.time() - demo.t0, 1),
+                    "summaries": summaries}  # fmt: skip
+    (work / "demo_results.json").write_text(json.dumps(results_json, indent=1))
     demo.say(f"Done. Plot: {plot_path}; per-case metrics: {work / 'predictions'}/*/semisup_summary.json")
     return 0
 

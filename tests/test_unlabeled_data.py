@@ -702,3 +702,11 @@ def test_cli_preprocess_unlabeled_without_images_says_so(nnunet_env, capsys):
     assert main(CLI_ARGS) == 0
     out = capsys.readouterr().out
     assert "No unlabeled images found" in out and "Unlabeled cases: 0 ready" in out
+
+
+def test_status_without_raw_folder_refuses_cases_made_with_other_plans(ds):
+    add_case(ds, "u1", 1)
+    run(ds)
+    _edit_plans(ds, lambda c: c.update(spacing=[2.0, 2.0, 2.0]))
+    with pytest.raises(UnlabeledDataError, match="other plans"):
+        unlabeled_status(None, ds.pre, CONFIG)
