@@ -76,6 +76,8 @@ class SemiSupervisedTrainer(nnUNetTrainer):
       ``T = rampup_fraction * num_epochs * num_iterations_per_epoch`` iterations. 1.0 = over the whole run, as
       in the 3D reference implementations (UA-MT: 40 ramp-up "epochs" of 150 iterations = all 6000).
     - ``semisup_log_keys``: names of the extra scalars ``compute_loss`` returns, logged per epoch.
+    - ``max_consecutive_nonfinite_steps``: a step whose loss is NaN/inf is skipped (no backward, no optimizer
+      or EMA step) with a warning; this many in a row abort the run before weights are corrupted.
 
     Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
     """
@@ -84,6 +86,7 @@ class SemiSupervisedTrainer(nnUNetTrainer):
     unlabeled_batch_size: int | None = None
     rampup_fraction: float = 1.0
     semisup_log_keys: tuple[str, ...] = ()
+    max_consecutive_nonfinite_steps: int = 20
 
     def __init__(
         self,
@@ -96,6 +99,8 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule(self)
         self.global_step = 0
+        self.nonfinite_steps = 0
+        self.consecutive_nonfinite_steps = 0
         self.unlabeled_case_ids: list[str] = []
         self.dataloader_unlabeled = None
         self._semisup_state_restored = False
@@ -279,6 +284,12 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         # autocast on CUDA only, as nnU-Net (slow on CPU, unsupported on MPS)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             loss, terms = self.compute_loss(data, target, unlabeled)
+        terms = {
+            k: float(v.detach().float().cpu()) if torch.is_tensor(v) else float(v) for k, v in terms.items()
+        }
+        if not self._loss_is_finite(loss):
+            return self._skip_nonfinite_step(loss, terms)
+        self.consecutive_nonfinite_steps = 0
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -291,13 +302,42 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             self.optimizer.step()
         self.global_step += 1
         self.after_optimizer_step()
-        out = {"loss": loss.detach().cpu().numpy()}
-        for key, value in terms.items():
-            out[key] = float(value.detach().float().cpu()) if torch.is_tensor(value) else float(value)
-        return out
+        return {"loss": loss.detach().cpu().numpy(), **terms}
+
+    # ------------------------------------------------------------------ numeric guard
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
+        if self.is_ddp:  # every rank skips together, or DDP's gradient all-reduce would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _skip_nonfinite_step(self, loss: torch.Tensor, terms: dict[str, float]) -> dict:
+        """No backward, no optimizer or EMA step; abort after ``max_consecutive_nonfinite_steps`` in a row,
+        before anything non-finite reaches the weights or a checkpoint."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite_steps += 1
+        bad = [k for k, v in terms.items() if not np.isfinite(v)] or ["loss"]
+        self.print_to_log_file(
+            f"WARNING: non-finite training loss ({', '.join(bad)}) at iteration {self.global_step}: step skipped "
+            f"({self.consecutive_nonfinite_steps} in a row, {self.nonfinite_steps} in total)"
+        )
+        if self.consecutive_nonfinite_steps >= self.max_consecutive_nonfinite_steps:
+            raise RuntimeError(
+                f"{self.consecutive_nonfinite_steps} consecutive training steps had a non-finite loss "
+                f"({', '.join(bad)}); stopping before the weights are corrupted. The last checkpoint in "
+                f"{self.output_folder} is untouched: resume from it with --c after fixing the cause (data with "
+                f"NaNs, a learning rate too high for AMP), or raise max_consecutive_nonfinite_steps in a subclass."
+            )
+        return {"loss": np.array(np.nan), **terms, "skipped": True}
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
-        super().on_train_epoch_end(train_outputs)
+        skipped = sum(bool(o.get("skipped")) for o in train_outputs)
+        kept = [o for o in train_outputs if not o.get("skipped")] or train_outputs
+        super().on_train_epoch_end(kept)
+        if skipped:
+            self.print_to_log_file(f"skipped {skipped} non-finite step(s) this epoch")
+        train_outputs = kept
         summary = []
         for key in self.semisup_log_keys:
             values = np.array([o[key] for o in train_outputs if key in o], dtype=float)
@@ -305,7 +345,7 @@ class SemiSupervisedTrainer(nnUNetTrainer):
                 gathered = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, values)
                 values = np.concatenate(gathered)
-            mean = float(np.mean(values)) if values.size else float("nan")
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             self.logger.log(key, mean, self.current_epoch)
             summary.append(f"{key} {mean:.4g}")
         if summary:
@@ -314,11 +354,16 @@ class SemiSupervisedTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def get_semisup_state(self) -> dict:
         """Extra state saved under the checkpoint's ``semisup_state`` key; extend it in subclasses."""
-        return {"format": SEMISUP_STATE_FORMAT, "global_step": self.global_step}
+        return {
+            "format": SEMISUP_STATE_FORMAT,
+            "global_step": self.global_step,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
 
     def set_semisup_state(self, state: dict) -> None:
         """Restore what :meth:`get_semisup_state` saved (called by ``load_checkpoint``, i.e. on ``--c``)."""
         self.global_step = int(state["global_step"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
     def save_checkpoint(self, filename: str) -> None:
         # nnU-Net's checkpoint (same keys, so nnU-Net's predictor and -pretrained_weights read it) plus our
