@@ -493,6 +493,10 @@ def _prepare_preprocessed(console: Console, opts: SelfTrainingOptions, source_na
     # nnUNetv2_preprocess and the trainers read dataset.json from nnUNet_preprocessed, which planning writes and
     # moving plans does not
     shutil.copyfile(Path(raw_root) / target_name / "dataset.json", target / "dataset.json")
+    # the trainer copies the fingerprint into its results folder; D's is the one these plans were made from (a
+    # new fingerprint would also count ignore voxels as foreground in its intensity statistics)
+    shutil.copyfile(Path(preprocessed_root) / source_name / "dataset_fingerprint.json",
+                    target / "dataset_fingerprint.json")  # fmt: skip
     if splits is not None:
         (target / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
     console.run(work / "logs" / "preprocess.log", "nnUNetv2_preprocess", "-d", str(target_id),
