@@ -119,3 +119,21 @@ def tiny_dataset(tmp_path_factory) -> ConsoleRunner:
     )
     runner("nnUNetv2_plan_and_preprocess", "-d", str(TINY_DATASET_ID), "-c", "3d_fullres", "-np", "1")
     return runner
+
+
+@pytest.fixture
+def mean_teacher_in_process(tiny_dataset, monkeypatch):
+    """An initialized MeanTeacherTrainer (fold 3 of the tiny dataset) built as ``nnUNetv2_train`` builds it,
+    whose unlabeled batches are fixed random tensors (no background workers)."""
+    import torch
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, tiny_dataset.env[key])
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args("501", "3d_fullres", 3, "MeanTeacherTrainer", device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.on_fresh_start()
+    unlabeled = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    trainer.next_unlabeled_batch = lambda: unlabeled
+    return trainer

@@ -118,7 +118,7 @@ def test_all_zero_mask_gives_zero_not_nan():
 
 def test_sigmoid_nonlinearity_option():
     student, teacher = _logits(0), _logits(1)
-    loss = ProbabilityMSELoss(torch.sigmoid)(student, teacher)
+    loss = ProbabilityMSELoss("sigmoid")(student, teacher)
     torch.testing.assert_close(loss, _naive(student, teacher, torch.sigmoid))
     assert not torch.allclose(loss, _naive(student, teacher))
 
@@ -154,3 +154,8 @@ def test_bad_mask_shape_raises(mask_shape):
 def test_mask_with_one_channel_per_class_is_rejected():
     with pytest.raises(ValueError, match="mask shape"):
         ProbabilityMSELoss()(_logits(0), _logits(1), torch.ones(SHAPE))
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="softmax"):
+        ProbabilityMSELoss("relu")

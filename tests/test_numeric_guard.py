@@ -9,21 +9,6 @@ import torch
 pytestmark = pytest.mark.e2e  # needs the planned tiny dataset
 
 
-@pytest.fixture
-def trainer(tiny_dataset, monkeypatch):
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, tiny_dataset.env[key])
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args("501", "3d_fullres", 3, "MeanTeacherTrainer", device=torch.device("cpu"))
-    trainer.initialize()
-    trainer.on_fresh_start()
-    patch = list(trainer.configuration_manager.patch_size)
-    unlabeled = torch.randn(2, 1, *patch)
-    trainer.next_unlabeled_batch = lambda: unlabeled
-    return trainer
-
-
 def _batch(trainer) -> dict:
     patch = list(trainer.configuration_manager.patch_size)
     generator = torch.Generator().manual_seed(0)
@@ -44,7 +29,10 @@ def _same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nonfinite_steps_are_skipped_then_the_run_aborts_before_weights_change(trainer, monkeypatch):
+def test_nonfinite_steps_are_skipped_then_the_run_aborts_before_weights_change(
+    mean_teacher_in_process, monkeypatch
+):
+    trainer = mean_teacher_in_process
     real_compute_loss = trainer.compute_loss
     poisoned = {"on": True}
 

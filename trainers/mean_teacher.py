@@ -46,7 +46,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         super().initialize()
         # made from the unwrapped student after nnU-Net's DDP wrap (DDP broadcast rank 0's weights), never wrapped
         self.teacher = make_teacher(unwrap_network(self.network))
-        self.consistency_loss = ProbabilityMSELoss(self.label_manager.apply_inference_nonlin)
+        self.consistency_loss = ProbabilityMSELoss("sigmoid" if self.label_manager.has_regions else "softmax")
 
     def on_fresh_start(self) -> None:
         # after -pretrained_weights were loaded into the student

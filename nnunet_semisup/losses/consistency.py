@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -15,8 +13,9 @@ class ProbabilityMSELoss(nn.Module):
     outputs; the 3D implementations (e.g. UA-MT, Yu et al. 2019) average it over classes and voxels.
 
     Args:
-        nonlinearity: logits -> probabilities along dim 1. Softmax by default; pass nnU-Net's
-            ``label_manager.apply_inference_nonlin`` to get sigmoid for region-based training.
+        activation: ``"softmax"`` over the class channel (default) or ``"sigmoid"`` per channel (nnU-Net's
+            region-based training). Deliberately not a callable: nnU-Net's ``apply_inference_nonlin`` runs
+            without gradient and over dim 0, which would silently switch this loss off.
 
     Shapes:
         student_logits, teacher_logits: (B, C, *spatial), same shape.
@@ -24,9 +23,14 @@ class ProbabilityMSELoss(nn.Module):
         Returns a scalar. The teacher side never receives a gradient.
     """
 
-    def __init__(self, nonlinearity: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, activation: str = "softmax") -> None:
         super().__init__()
-        self.nonlinearity = nonlinearity if nonlinearity is not None else (lambda x: torch.softmax(x, 1))
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
+        self.activation = activation
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, 1) if self.activation == "softmax" else torch.sigmoid(logits)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
@@ -40,9 +44,9 @@ class ProbabilityMSELoss(nn.Module):
             raise ValueError(f"expected (B, C, *spatial) logits, got shape {tuple(student_logits.shape)}")
         # float32 for the squared differences: under AMP half-precision probabilities lose the small
         # differences that this loss is made of.
-        student = self.nonlinearity(student_logits.float())
+        student = self._probabilities(student_logits.float())
         with torch.no_grad():
-            teacher = self.nonlinearity(teacher_logits.detach().float())
+            teacher = self._probabilities(teacher_logits.detach().float())
         squared = (student - teacher) ** 2
         if mask is None:
             return squared.mean()
