@@ -35,3 +35,11 @@ class SDMRegressionNetwork(nn.Module):
                 "(enable_deep_supervision=False)"
             )
         return torch.tanh(out)
+
+
+def num_sdm_channels(label_manager) -> int:
+    """SDM channels of a DTML distance network: one per foreground class (label-based training) or per region
+    (region-based), for an nnU-Net ``LabelManager``. The ignore label gets none."""
+    if label_manager.has_regions:
+        return len(label_manager.foreground_regions)
+    return len(label_manager.foreground_labels)

@@ -71,6 +71,38 @@ def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     labels_ts = sorted(p.name for p in (run.raw / "Dataset501_Tiny" / "labelsTs").glob("*.nii.gz"))
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == labels_ts
 
+    # the average of M_s and M_d through nnU-Net's predictor (M_d alone: same route, unit-tested)
+    pred_avg = run.root / "pred_dtml_average"
+    run(
+        "nnunet-semisup",
+        "predict-dtml",
+        "-i",
+        str(run.raw / "Dataset501_Tiny" / "imagesTs"),
+        "-o",
+        str(pred_avg),
+        "-d",
+        "501",
+        "-c",
+        "3d_fullres",
+        "-f",
+        "0",
+        "--source",
+        "average",
+        "-device",
+        "cpu",
+        "--disable_tta",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+    )
+    assert sorted(p.name for p in pred_avg.glob("*.nii.gz")) == labels_ts
+    import SimpleITK as sitk
+
+    for name in labels_ts:
+        values = set(sitk.GetArrayFromImage(sitk.ReadImage(str(pred_avg / name))).ravel().tolist())
+        assert values <= {0, 1, 2}
+
 
 def test_dtml_resume_restores_both_networks_and_optimizer_exactly(tiny_dataset, monkeypatch):
     run = tiny_dataset

@@ -7,7 +7,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_semisup.distance import signed_distance_map
-from nnunet_semisup.heads import SDMRegressionNetwork
+from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
 from nnunet_semisup.losses.dual_task_consistency import DualTaskConsistencyLoss
 from nnunet_semisup.losses.sdm_mask_dice import SDMMaskDiceLoss
 from nnunet_semisup.losses.sdm_regression import SDMRegressionLoss
@@ -28,8 +28,9 @@ class DTMLTrainer(SemiSupervisedTrainer):
     - ``L_con = mean((p_s - sigmoid(-k * M_d(x)))^2)`` over labeled and unlabeled patches, where ``p_s`` are
       M_s's foreground probabilities (softmax channels 1..C, or sigmoid per region). Neither side is detached,
       so L_con appears in both objectives and trains both networks (mutual learning). The authors' code
-      back-propagates the two objectives one after the other; their gradients add up, so the loss minimized
-      here is their sum, ``L_seg + L_mask + 2 w(t) L_con``, exactly as in that code.
+      back-propagates the two objectives one after the other without detaching; their gradients add up, so
+      the loss minimized here is their sum, ``L_seg + L_Md + 2 w(t) L_con``, which gives both networks
+      exactly the gradients of that code (each network gets ``2 w(t)`` times the gradient of L_con).
 
     ``network_weights`` in the checkpoint is M_s (what nnU-Net validates and ``nnUNetv2_predict -tr
     DTMLTrainer`` uses); M_d is saved under ``semisup_state['dist_network']`` (with ``sdm_k``), and the
@@ -50,20 +51,14 @@ class DTMLTrainer(SemiSupervisedTrainer):
     sdm_dis_weight: float = 1.0
     semisup_log_keys = ("loss_seg", "loss_dist", "loss_cons", "cons_weight")
 
-    @property
-    def num_sdm_channels(self) -> int:
-        """One SDM channel per foreground class (label-based) or per region (region-based training)."""
-        if self.label_manager.has_regions:
-            return len(self.label_manager.foreground_regions)
-        return len(self.label_manager.foreground_labels)
-
     def build_dist_network(self) -> torch.nn.Module:
-        """M_d: the planned architecture with ``num_sdm_channels`` outputs, no deep supervision, tanh on top."""
+        """M_d: the planned architecture with one output per foreground class or region, deep supervision
+        off, tanh on top."""
         backbone = self.build_network_architecture(
             self.plans_manager,
             self.configuration_manager,
             self.num_input_channels,
-            self.num_sdm_channels,
+            num_sdm_channels(self.label_manager),
             enable_deep_supervision=False,
         )
         # with deep supervision off the decoder only runs its last seg layer; freezing the others keeps DDP
@@ -109,8 +104,8 @@ class DTMLTrainer(SemiSupervisedTrainer):
             target: (B, 1, *patch) label map, or (B, R [+1 ignore], *patch) region masks (region-based).
 
         Returns:
-            (B, num_sdm_channels, *patch) bool masks, and a (B, 1, *patch) bool mask of annotated voxels
-            (None without an ignore label).
+            (B, C_fg, *patch) bool masks (C_fg foreground classes or regions), and a (B, 1, *patch) bool
+            mask of annotated voxels (None without an ignore label).
         """
         label_manager = self.label_manager
         if label_manager.has_regions:
@@ -122,7 +117,7 @@ class DTMLTrainer(SemiSupervisedTrainer):
         return masks, valid
 
     def foreground_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, num_sdm_channels, *patch) float32 probabilities of M_s, with gradient (not nnU-Net's
+        """(B, C_fg, *patch) float32 probabilities of M_s, with gradient (not nnU-Net's
         ``apply_inference_nonlin``, which runs without gradient on unbatched logits)."""
         if self.label_manager.has_regions:
             return torch.sigmoid(logits.float())
