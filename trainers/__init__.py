@@ -6,10 +6,20 @@ names: never rename a released one.
 """
 
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+from nnunet_semisup.trainers.dtml import (
+    DTMLTrainer,
+    DTMLTrainer_LabeledOnly,
+    DTMLTrainer_Ldis,
+    DTMLTrainer_LdisLmask,
+)
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
 
 __all__ = [
+    "DTMLTrainer",
+    "DTMLTrainer_LabeledOnly",
+    "DTMLTrainer_Ldis",
+    "DTMLTrainer_LdisLmask",
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",

@@ -1,0 +1,141 @@
+"""Predicting with a DTML model's distance network M_d, or with the average of M_s and M_d, through nnU-Net's
+own predictor (preprocessing, sliding window, test-time mirroring, fold ensembling and export unchanged).
+
+``nnUNetv2_predict -tr DTMLTrainer`` predicts with M_s (the checkpoint's ``network_weights``). M_d is saved in
+``semisup_state['dist_network']``; :class:`DualTaskPredictor` swaps nnU-Net's network for
+:class:`DualTaskInferenceNetwork`, which turns M_d's signed distance maps into the logits nnU-Net expects.
+Command line: ``nnunet-semisup predict-dtml --source dist|average`` (same arguments as nnUNetv2_predict).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_semisup.distance import sdm_to_mask
+from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
+
+SOURCES = ("dist", "average")
+_EPS = 1e-6
+
+
+class DualTaskInferenceNetwork(nn.Module):
+    """Logits for nnU-Net's predictor from DTML's distance network, alone or averaged with the segmentation
+    network.
+
+    M_d's soft masks ``m_c = sigmoid(-k * sdm_c)`` become probabilities: region-based, ``m_c`` is the region's
+    probability; label-based, the class scores ``(1 - max_c m_c, m_1, ..., m_C)`` normalized to sum 1, so a
+    voxel is background exactly when every ``m_c < 0.5`` and otherwise the class with the largest mask.
+    ``average`` takes the mean of these and M_s's softmax (or sigmoid) probabilities. The output is
+    ``log p`` (label-based; softmax of it is ``p`` again) or ``logit(p)`` (region-based; sigmoid of it is ``p``),
+    which nnU-Net averages over windows, mirrors and folds and converts to a segmentation as usual.
+
+    Args:
+        dist_network: M_d, (B, C_in, *spatial) -> (B, C_fg, *spatial) signed distance maps in [-1, 1].
+        seg_network: M_s for ``average`` (deep supervision off), or None for M_d alone.
+        k: steepness of the SDM -> mask transform used in training.
+        has_regions: region-based (sigmoid) instead of label-based (softmax) training.
+
+    Shapes:
+        x: (B, C_in, *spatial). Returns (B, C_fg + 1, *spatial) label-based, (B, C_fg, *spatial) region-based.
+    """
+
+    def __init__(
+        self, dist_network: nn.Module, seg_network: nn.Module | None, k: float, has_regions: bool
+    ) -> None:
+        super().__init__()
+        self.dist = dist_network
+        self.seg = seg_network
+        self.k = k
+        self.has_regions = has_regions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        masks = sdm_to_mask(self.dist(x), self.k)
+        if self.has_regions:
+            probabilities = masks
+        else:
+            scores = torch.cat([1 - masks.amax(1, keepdim=True), masks], 1)
+            probabilities = scores / scores.sum(1, keepdim=True).clamp_min(_EPS)
+        if self.seg is not None:
+            seg_logits = self.seg(x).float()
+            seg_probabilities = (
+                torch.sigmoid(seg_logits) if self.has_regions else torch.softmax(seg_logits, 1)
+            )
+            if seg_probabilities.shape != probabilities.shape:
+                raise ValueError(
+                    f"segmentation network gives {tuple(seg_probabilities.shape)}, distance network "
+                    f"{tuple(probabilities.shape)}: not the two networks of one DTML model"
+                )
+            probabilities = (probabilities + seg_probabilities) / 2
+        probabilities = probabilities.clamp(_EPS, 1 - _EPS)
+        if self.has_regions:
+            return torch.log(probabilities) - torch.log1p(-probabilities)
+        return torch.log(probabilities)
+
+
+class DualTaskPredictor(nnUNetPredictor):
+    """``nnUNetPredictor`` for DTML models that predicts with M_d (``source='dist'``) or with the average of
+    M_s and M_d (``source='average'``); everything else is nnU-Net's predictor."""
+
+    def __init__(self, *args, source: str = "dist", **kwargs) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def initialize_from_trained_model_folder(
+        self,
+        model_training_output_dir: str,
+        use_folds: tuple[int | str, ...] | None,
+        checkpoint_name: str = "checkpoint_final.pth",
+    ) -> None:
+        # nnU-Net builds M_s and reads each fold's network_weights; M_d's weights are read here beside them
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        if use_folds is None:
+            use_folds = nnUNetPredictor.auto_detect_available_folds(
+                model_training_output_dir, checkpoint_name
+            )
+        if isinstance(use_folds, str):
+            use_folds = [use_folds]
+        parameters, k = [], None
+        for fold, seg_weights in zip(use_folds, self.list_of_parameters):
+            path = os.path.join(model_training_output_dir, f"fold_{fold}", checkpoint_name)
+            state = torch.load(path, map_location="cpu", weights_only=False).get("semisup_state") or {}
+            if "dist_network" not in state:
+                raise ValueError(
+                    f"{path} has no DTML distance network (semisup_state['dist_network']): "
+                    f"predict-dtml needs a model trained with DTMLTrainer or one of its variants"
+                )
+            if k is not None and state["sdm_k"] != k:
+                raise ValueError(f"folds were trained with different k ({k} and {state['sdm_k']})")
+            k = state["sdm_k"]
+            weights = {f"dist.{key}": value for key, value in state["dist_network"].items()}
+            if self.source == "average":
+                weights.update({f"seg.{key}": value for key, value in seg_weights.items()})
+            parameters.append(weights)
+
+        trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
+        backbone = trainer_class.build_network_architecture(
+            self.plans_manager,
+            self.configuration_manager,
+            determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
+            num_sdm_channels(self.label_manager),
+            enable_deep_supervision=False,
+        )
+        seg_network = self.network
+        if isinstance(seg_network, OptimizedModule):
+            seg_network = seg_network._orig_mod
+        self.network = DualTaskInferenceNetwork(
+            SDMRegressionNetwork(backbone),
+            seg_network if self.source == "average" else None,
+            k,
+            self.label_manager.has_regions,
+        )
+        self.network.load_state_dict(parameters[0])
+        self.list_of_parameters = parameters
