@@ -31,6 +31,9 @@ EXPECTED_FLOOR = {
     # student fwd+bwd on labeled+unlabeled (2B), teacher fwd on 2B: (6B + 2B) / 3B
     "MeanTeacherTrainer": ("student fwd+bwd on 2B + teacher fwd on 2B", 8 / 3),
     "MeanTeacherTrainer_PredictTeacher": ("as MeanTeacherTrainer", 8 / 3),
+    # M_s and M_d each fwd+bwd on labeled+unlabeled (2B): (6B + 6B) / 3B
+    "DTMLTrainer": ("M_s and M_d fwd+bwd on 2B", 4.0),
+    "DTMLTrainer_LabeledOnly": ("M_s and M_d fwd+bwd on B", 2.0),
 }
 
 
