@@ -4,6 +4,7 @@ predict, evaluate, and resume with ``--c``."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,12 +18,15 @@ def _load(path):
 
 def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(tiny_dataset):
     run = tiny_dataset
+    # other tests of the session may have preprocessed the unlabeled cases already: start without them
+    unlabeled = run.preprocessed / "Dataset501_Tiny" / "nnUNetPlans_3d_fullres_unlabeled"
+    shutil.rmtree(unlabeled, ignore_errors=True)
     proc = run.train("MeanTeacherTrainer", "0", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("MeanTeacherTrainer", "0")
 
     # unlabeled cases were preprocessed on demand, with nnU-Net's own preprocessing and a manifest
-    unlabeled = run.preprocessed / "Dataset501_Tiny" / "nnUNetPlans_3d_fullres_unlabeled"
     assert "preprocessing them" in proc.stdout
+    assert "Unlabeled training cases: 3" in proc.stdout
     assert sorted(p.name for p in unlabeled.glob("*.pkl")) == sorted(
         p.name.replace("_0000.nii.gz", ".pkl")
         for p in (run.raw / "Dataset501_Tiny" / "imagesUnlabeled").iterdir()
