@@ -8,10 +8,22 @@ names: never rename a released one.
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
+from nnunet_semisup.trainers.secl import (
+    SECLTrainer,
+    SECLTrainer_alpha0,
+    SECLTrainer_alpha099,
+    SECLTrainer_NoContrast,
+    SECLTrainer_RACS,
+)
 
 __all__ = [
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",
+    "SECLTrainer",
+    "SECLTrainer_NoContrast",
+    "SECLTrainer_RACS",
+    "SECLTrainer_alpha0",
+    "SECLTrainer_alpha099",
     "SemiSupervisedTrainer",
 ]
