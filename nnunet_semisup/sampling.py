@@ -218,21 +218,36 @@ def fit_region_grid(
     return tuple(max(1, min(g, int(p) // int(m))) for g, p, m in zip(grid, patch_size, minimum))
 
 
-def region_grid(spatial_shape: Sequence[int], grid: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Partition a patch into ``prod(grid)`` equal regions (a remainder at the far border is left out).
+def region_grid(
+    spatial_shape: Sequence[int], grid: Sequence[int], cube_size: int | Sequence[int] | None = None
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Partition a patch into ``prod(grid)`` equal regions (a remainder at the far border is left out) and
+    place one cube in the centre of each.
+
+    Args:
+        spatial_shape: the patch size.
+        grid: regions per axis.
+        cube_size: the cube per region, capped at the region size (default: the whole region).
 
     Returns:
-        starts: (G, ndim) long, first voxel of region ``s`` (row-major order over the grid).
-        region_size: the size of every region.
+        starts: (G, ndim) long, first voxel of the cube of region ``s`` (row-major order over the grid).
+        size: the size of every cube.
     """
     grid = _as_size(grid, len(spatial_shape))
     region_size = tuple(int(s) // g for s, g in zip(spatial_shape, grid))
     if min(region_size) < 1:
         raise ValueError(f"grid {grid} is finer than the patch {tuple(spatial_shape)}")
+    size = (
+        region_size
+        if cube_size is None
+        else tuple(min(c, r) for c, r in zip(_as_size(cube_size, len(grid)), region_size))
+    )
+    offset = [(r - c) // 2 for r, c in zip(region_size, size)]
     starts = [
-        [i * n for i, n in zip(index, region_size)] for index in itertools.product(*(range(g) for g in grid))
+        [i * r + o for i, r, o in zip(index, region_size, offset)]
+        for index in itertools.product(*(range(g) for g in grid))
     ]
-    return torch.tensor(starts, dtype=torch.long), region_size
+    return torch.tensor(starts, dtype=torch.long), size
 
 
 def region_masks(region_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

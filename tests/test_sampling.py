@@ -119,6 +119,10 @@ def test_region_grid_partitions_the_patch():
     starts, size = region_grid((8, 6, 4), (2, 3, 1))
     assert size == (4, 2, 4)
     assert starts.tolist() == [[0, 0, 0], [0, 2, 0], [0, 4, 0], [4, 0, 0], [4, 2, 0], [4, 4, 0]]
+    # a smaller cube sits in the centre of its region; a larger one is capped at the region
+    starts, size = region_grid((9, 6, 4), (2, 3, 1), cube_size=(2, 8, 2))
+    assert size == (2, 2, 2)
+    assert starts.tolist() == [[1, 0, 1], [1, 2, 1], [1, 4, 1], [5, 0, 1], [5, 2, 1], [5, 4, 1]]
 
 
 def test_racs_masks_on_a_hand_made_example():

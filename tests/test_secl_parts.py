@@ -17,6 +17,7 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_alpha099,
     SECLTrainer_NoContrast,
     SECLTrainer_RACS,
+    half_resolution_logits,
     make_ema_teacher,
 )
 
@@ -117,3 +118,30 @@ def test_variants_change_only_what_their_names_say():
     assert SECLTrainer_NoContrast.contrastive_weight == 0.0 and not SECLTrainer_NoContrast.uses_unlabeled_data
     for variant in (SECLTrainer_RACS, SECLTrainer_alpha0, SECLTrainer_alpha099, SECLTrainer_NoContrast):
         assert variant.temperature == SECLTrainer.temperature and variant.cube_size == SECLTrainer.cube_size
+
+
+def test_half_resolution_pseudo_logits_equal_the_networks_deep_supervision_head():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(0)
+    net = PlainConvUNet(
+        1,
+        3,
+        (4, 8, 16),
+        nn.Conv3d,
+        3,
+        ((1, 1, 1), (2, 2, 2), (2, 2, 1)),
+        1,
+        3,
+        1,
+        norm_op=nn.InstanceNorm3d,
+        nonlin=nn.LeakyReLU,
+        deep_supervision=True,
+    )
+    x = torch.randn(2, 1, 8, 12, 8)
+    with torch.no_grad():
+        expected = net(x)[1]
+    logits = half_resolution_logits(net.encoder, net.decoder, x)
+    assert logits.shape == (2, 3, 4, 6, 4)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert half_resolution_logits(net.encoder, TinyDecoder(net.encoder), x) is None  # not a UNetDecoder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -37,6 +38,30 @@ def make_ema_teacher(student_parts: nn.ModuleDict) -> nn.ModuleDict:
     return teacher
 
 
+@torch.no_grad()
+def half_resolution_logits(
+    encoder: nn.Module, decoder: nn.Module, images: torch.Tensor
+) -> torch.Tensor | None:
+    """Logits of the decoder's deep-supervision head one stage below full resolution, computed without the
+    full-resolution decoder stage (the most expensive one); None where the decoder is not structured like
+    dynamic_network_architectures' ``UNetDecoder`` (``transpconvs``, ``stages``, ``seg_layers``; >= 2 stages).
+
+    Shapes:
+        images: (B, C, *patch). Returns (B, num_classes, *patch / finest stride).
+    """
+    if (
+        not all(hasattr(decoder, a) for a in ("transpconvs", "stages", "seg_layers"))
+        or len(decoder.stages) < 2
+    ):
+        return None
+    skips = encoder(images)
+    x = skips[-1]
+    finest = len(decoder.stages) - 1
+    for s in range(finest):  # UNetDecoder.forward up to (not including) the full-resolution stage
+        x = decoder.stages[s](torch.cat((decoder.transpconvs[s](x), skips[-(s + 2)]), dim=1))
+    return decoder.seg_layers[finest - 1](x)
+
+
 class SECLTrainer(SemiSupervisedTrainer):
     """Supervised nnU-Net loss on labeled patches plus a ramped-up contrastive loss on unlabeled cubes:
     ``L = L_s + lambda(t) L_c`` with ``lambda(t) = 0.1 exp(-5 (1 - t/t_max)^2)``.
@@ -61,11 +86,10 @@ class SECLTrainer(SemiSupervisedTrainer):
     projector_out_dim: int = 128  # SimCLR's / Chaitanya et al.'s embedding size
     sampling: str = "anatomical"  # "anatomical" (AACS) or "region" (RACS)
     num_cubes: int | None = None  # AACS: K >= C; None = one cube per foreground class and unlabeled image
-    cube_size: int = 24  # AACS cube edge in voxels, capped at the patch (see README)
+    cube_size: int = 24  # cube edge in voxels, capped at the patch (RACS: at the region); see README
     region_grid: tuple[int, ...] = (2, 2, 2)  # RACS partitions per axis (fewer where the patch is small)
-    pseudo_label_source: str = (
-        "student"  # "student" or "teacher" (the teacher then also keeps an EMA decoder)
-    )
+    pseudo_label_source: str = "student"  # or "teacher" (the teacher then also keeps an EMA decoder)
+    pseudo_labels_at_half_resolution: bool = True  # cube centres need no full-resolution map; see README
     semisup_log_keys = ("loss_sup", "loss_con", "con_weight", "cubes_anchored")
 
     def initialize(self) -> None:
@@ -138,16 +162,33 @@ class SECLTrainer(SemiSupervisedTrainer):
     # ------------------------------------------------------------------ contrastive minibatch
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, *patch) images -> (B, *patch) label map predicted by the student (or the EMA teacher)."""
+        """(B, C, *patch) images -> (B, *patch) label map predicted by the student (or the EMA teacher).
+
+        By default from the half-resolution deep-supervision head (trained by nnU-Net's loss), upsampled by
+        nearest neighbour: locating cube centres needs no full-resolution map, and skipping the decoder's
+        full-resolution stage saves about a quarter of this extra forward pass.
+        """
         if self.pseudo_label_source == "teacher":
-            logits = self.teacher["decoder"](self.teacher["encoder"](images))
+            encoder, decoder = self.teacher["encoder"], self.teacher["decoder"]
         else:
-            logits = self.network(images)
-        if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
-            logits = logits[0]
+            student = unwrap_network(self.network)
+            encoder, decoder = student.encoder, student.decoder
+        logits = (
+            half_resolution_logits(encoder, decoder, images)
+            if self.pseudo_labels_at_half_resolution
+            else None
+        )
+        if logits is None:
+            logits = decoder(encoder(images))
+            if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
+                logits = logits[0]
         if self.label_manager.has_regions:
-            return torch.stack([self.label_manager.convert_logits_to_segmentation(x) for x in logits])
-        return logits.argmax(dim=1)
+            seg = torch.stack([self.label_manager.convert_logits_to_segmentation(x) for x in logits])
+        else:
+            seg = logits.argmax(dim=1)
+        if seg.shape[1:] != images.shape[2:]:
+            seg = F.interpolate(seg[:, None].float(), size=images.shape[2:], mode="nearest")[:, 0].long()
+        return seg
 
     def contrastive_minibatch(
         self, images: torch.Tensor
@@ -163,7 +204,7 @@ class SECLTrainer(SemiSupervisedTrainer):
             starts = cube_starts(slots.centres, self.cube_shape, spatial)
             cubes = crop_cubes(images, slots.image_index, starts, self.cube_shape)
             return cubes, None, None, {"cubes_anchored": slots.anchored.float().mean().item()}
-        starts, size = region_grid(spatial, self.region_grid_shape)
+        starts, size = region_grid(spatial, self.region_grid_shape, self.cube_shape)
         batch, regions = images.shape[0], starts.shape[0]
         image_index = torch.arange(batch).repeat_interleave(regions)
         cubes = crop_cubes(images, image_index, starts.repeat(batch, 1), size)

@@ -1,0 +1,176 @@
+"""Per-iteration training time and peak memory of trainers relative to the first one (nnU-Net's own), on the
+same plans and the same fixed batches.
+
+Every trainer is built in-process exactly as ``nnUNetv2_train`` builds it, then ``train_step`` is timed on one
+fixed labeled batch (and one fixed unlabeled batch for semi-supervised trainers), so data loading and
+augmentation are not part of the measurement. Trainers are interleaved: each repetition times ``--iters``
+steps of every trainer in turn, so a slow phase of a shared machine hits all of them alike. Reported: median
+seconds per iteration over the repetitions with min-max, and the median of the per-repetition ratios to the
+first trainer; on CPU also process CPU seconds per iteration, which a busy shared machine disturbs less than
+wall-clock time (use ``--threads 1`` there so idle threads do not spin on the count). With ``--memory`` each trainer also runs alone in a fresh process for its peak memory
+(resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+
+Example (a planned dataset, e.g. made by ``nnunet-semisup make-benchmark`` + ``nnUNetv2_plan_and_preprocess``)::
+
+    nnUNet_compile=f python benchmarks/overhead.py -d 511 -c 3d_fullres --device cpu \\
+        --trainers nnUNetTrainer,SECLTrainer,SECLTrainer_RACS --reps 7 --iters 3 --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# fixed batches come from single-threaded loaders; no background workers competing for the cores
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+
+import torch
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+
+
+def build_trainer(name: str, args: argparse.Namespace):
+    trainer = get_trainer_from_args(
+        args.dataset, args.configuration, args.fold, name, device=torch.device(args.device)
+    )
+    trainer.initialize()
+    trainer.network.train()
+    return trainer
+
+
+def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict, torch.Tensor | None]:
+    """One labeled batch from nnU-Net's training loader and, if any trainer needs one, one unlabeled batch."""
+    torch.manual_seed(args.seed)
+    # nnU-Net's own loaders (the unbound call skips the unlabeled loader of semi-supervised trainers)
+    loader, _ = nnUNetTrainer.get_dataloaders(trainers[0])
+    batch = next(loader)
+    semisup = [t for t in trainers if isinstance(t, SemiSupervisedTrainer) and t.uses_unlabeled_data]
+    if not semisup:
+        return batch, None
+    semisup[0].prepare_unlabeled_data()
+    return batch, next(semisup[0].get_unlabeled_dataloader())["data"]
+
+
+def time_steps(trainer, batch: dict, iters: int) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds per ``train_step`` over ``iters`` steps."""
+    synchronize = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        trainer.train_step(batch)
+    synchronize()
+    return (time.perf_counter() - wall) / iters, (time.process_time() - cpu) / iters
+
+
+def prepare(trainers: list, batch: dict, unlabeled: torch.Tensor | None) -> None:
+    for trainer in trainers:
+        if isinstance(trainer, SemiSupervisedTrainer) and trainer.uses_unlabeled_data:
+            fixed = unlabeled.to(trainer.device)
+            trainer.next_unlabeled_batch = lambda fixed=fixed: fixed
+        for _ in range(2):  # warm-up (allocator, cuDNN autotuning, torch.compile)
+            trainer.train_step(batch)
+
+
+def peak_memory_mb(trainer) -> float:
+    if trainer.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def run_single(args: argparse.Namespace) -> None:
+    """Child process of --memory: one trainer alone, its peak memory as JSON on the last line."""
+    trainer = build_trainer(args.single, args)
+    batch, unlabeled = fixed_batches([trainer], args)
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    prepare([trainer], batch, unlabeled)
+    time_steps(trainer, batch, args.iters)
+    sys.stdout.write(json.dumps({"trainer": args.single, "peak_mb": peak_memory_mb(trainer)}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-d", "--dataset", required=True)
+    parser.add_argument("-c", "--configuration", default="3d_fullres")
+    parser.add_argument("-f", "--fold", type=int, default=0)
+    parser.add_argument(
+        "--trainers", default="nnUNetTrainer,SECLTrainer", help="comma-separated; first = baseline"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=3, help="timed steps per trainer and repetition")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--memory", action="store_true", help="also peak memory, one process per trainer")
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.single:
+        run_single(args)
+        return
+
+    names = [n.strip() for n in args.trainers.split(",") if n.strip()]
+    trainers = [build_trainer(name, args) for name in names]
+    batch, unlabeled = fixed_batches(trainers, args)
+    prepare(trainers, batch, unlabeled)
+    seconds = {name: [] for name in names}
+    cpu_seconds = {name: [] for name in names}
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
+        for name in order:
+            wall, cpu = time_steps(trainers[names.index(name)], batch, args.iters)
+            seconds[name].append(wall)
+            cpu_seconds[name].append(cpu)
+
+    memory = {}
+    if args.memory:
+        for name in names:
+            proc = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--single", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            memory[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+
+    base = names[0]
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    )
+    lines = [
+        f"dataset {args.dataset} {args.configuration}, patch {trainers[0].configuration_manager.patch_size}, "
+        f"batch {trainers[0].batch_size}, device {device}; {args.reps} repetitions x {args.iters} steps",
+        f"{'trainer':<28}{'s/it median':>12}{'min-max':>18}{'ratio':>8}{'ratio min-max':>16}"
+        + (f"{'CPU s/it':>10}{'CPU ratio':>11}" if args.device == "cpu" else "")
+        + (f"{'peak MB':>10}" if memory else ""),
+    ]
+    for name in names:
+        times = seconds[name]
+        ratios = [t / b for t, b in zip(times, seconds[base])]
+        cpu_ratios = [t / b for t, b in zip(cpu_seconds[name], cpu_seconds[base])]
+        lines.append(
+            f"{name:<28}{statistics.median(times):>12.3f}{f'{min(times):.3f}-{max(times):.3f}':>18}"
+            f"{statistics.median(ratios):>8.2f}{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}"
+            + (
+                f"{statistics.median(cpu_seconds[name]):>10.3f}{statistics.median(cpu_ratios):>11.2f}"
+                if args.device == "cpu"
+                else ""
+            )
+            + (f"{memory[name]:>10.0f}" if memory else "")
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
