@@ -53,7 +53,7 @@ class TinyDecoder(nn.Module):
 def _parts(with_decoder=False):
     torch.manual_seed(0)
     encoder = TinyEncoder()
-    parts = nn.ModuleDict({"encoder": encoder, "projector": ProjectionHead(8, 16, 4)})
+    parts = nn.ModuleDict({"encoder": encoder, "projector": ProjectionHead(8, 3, 16, 4)})
     if with_decoder:
         parts["decoder"] = TinyDecoder(encoder)
     return parts
@@ -145,3 +145,18 @@ def test_half_resolution_pseudo_logits_equal_the_networks_deep_supervision_head(
     assert logits.shape == (2, 3, 4, 6, 4)
     assert torch.allclose(logits, expected, atol=1e-6)
     assert half_resolution_logits(net.encoder, TinyDecoder(net.encoder), x) is None  # not a UNetDecoder
+
+
+def test_projector_tells_apart_inputs_with_equal_channel_means():
+    # instance-normalized bottlenecks have (nearly) input-independent channel means: a globally pooled
+    # projector would map these two feature maps to the same embedding
+    torch.manual_seed(0)
+    head = ProjectionHead(8, spatial_dims=3, hidden_dim=16, out_dim=4)
+    features = torch.randn(1, 8, 4, 4, 4)
+    shuffled = features.flatten(2)[:, :, torch.randperm(64)].reshape(1, 8, 4, 4, 4)
+    assert torch.allclose(features.mean((2, 3, 4)), shuffled.mean((2, 3, 4)), atol=1e-6)
+    assert not torch.allclose(head(features), head(shuffled), atol=1e-4)
+    assert head(torch.randn(5, 8, 3, 1, 2)).shape == (5, 4)  # any bottleneck size
+    assert ProjectionHead(8, spatial_dims=2)(torch.randn(2, 8, 3, 3)).shape == (2, 128)
+    with pytest.raises(ValueError, match="spatial dims"):
+        head(torch.randn(2, 8, 4, 4))

@@ -84,6 +84,7 @@ class SECLTrainer(SemiSupervisedTrainer):
     temperature: float = 0.1  # tau; not in the issue: Chaitanya et al. 2020's value, see README
     projector_hidden_dim: int = 256  # shallow MLP (paper: "low-dimensional"); see README
     projector_out_dim: int = 128  # SimCLR's / Chaitanya et al.'s embedding size
+    projector_pooled_size: int = 2  # bottleneck pooled to 2^3 cells, not 1: see ProjectionHead
     sampling: str = "anatomical"  # "anatomical" (AACS) or "region" (RACS)
     num_cubes: int | None = None  # AACS: K >= C; None = one cube per foreground class and unlabeled image
     cube_size: int = 24  # cube edge in voxels, capped at the patch (RACS: at the region); see README
@@ -146,8 +147,10 @@ class SECLTrainer(SemiSupervisedTrainer):
         # --c restores.
         self.projector = ProjectionHead(
             unwrap_network(self.network).encoder.output_channels[-1],
+            len(self.configuration_manager.patch_size),
             self.projector_hidden_dim,
             self.projector_out_dim,
+            self.projector_pooled_size,
         ).to(self.device)
         optimizer.add_param_group({"params": list(self.projector.parameters())})
         return optimizer, lr_scheduler
