@@ -8,7 +8,8 @@ steps of every trainer in turn, so a slow phase of a shared machine hits all of 
 seconds per iteration over the repetitions with min-max, and the median of the per-repetition ratios to the
 first trainer; on CPU also process CPU seconds per iteration, which a busy shared machine disturbs less than
 wall-clock time (use ``--threads 1`` there so idle threads do not spin on the count). With ``--memory`` each trainer also runs alone in a fresh process for its peak memory
-(resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+(Linux's resident-set high-water mark on CPU, reset after set-up; ``torch.cuda.max_memory_allocated`` on
+CUDA).
 
 Example (a planned dataset, e.g. made by ``nnunet-semisup make-benchmark`` + ``nnUNetv2_plan_and_preprocess``)::
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -79,18 +79,29 @@ def prepare(trainers: list, batch: dict, unlabeled: torch.Tensor | None) -> None
             trainer.train_step(batch)
 
 
+def reset_peak_memory(trainer) -> None:
+    """Start a new peak: CUDA's allocator statistics, or Linux's resident-set high-water mark (clear_refs 5),
+    so the setup (trainer search imports, data loading) does not mask the training steps' peak."""
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        return
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_memory_mb(trainer) -> float:
     if trainer.device.type == "cuda":
         return torch.cuda.max_memory_allocated(trainer.device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    with open("/proc/self/status") as f:
+        high_water_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return high_water_kb / 1024
 
 
 def run_single(args: argparse.Namespace) -> None:
     """Child process of --memory: one trainer alone, its peak memory as JSON on the last line."""
     trainer = build_trainer(args.single, args)
     batch, unlabeled = fixed_batches([trainer], args)
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
+    reset_peak_memory(trainer)
     prepare([trainer], batch, unlabeled)
     time_steps(trainer, batch, args.iters)
     sys.stdout.write(json.dumps({"trainer": args.single, "peak_mb": peak_memory_mb(trainer)}) + "\n")
