@@ -1,172 +1,201 @@
-"""Per-iteration time and peak memory of trainers relative to nnU-Net's ``nnUNetTrainer``, side by side.
+"""Per-iteration training time and peak memory of trainers relative to the first one (nnU-Net's own), on the
+same plans and the same fixed batches.
 
-    python benchmarks/overhead.py -d 504 --trainers nnUNetTrainer,MeanTeacherTrainer --reps 3 --iters 6
+Every trainer is built in-process exactly as ``nnUNetv2_train`` builds it, then ``train_step`` is timed on one
+fixed labeled batch (and one fixed unlabeled batch for semi-supervised trainers), so data loading and
+augmentation are not part of the measurement. Trainers are interleaved: each repetition times ``--iters``
+steps of every trainer in turn, so a slow phase of a shared machine hits all of them alike. Reported: median
+seconds per iteration over the repetitions with min-max, and the median of the per-repetition ratios to the
+first trainer; on CPU also process CPU seconds per iteration, which a busy shared machine disturbs less than
+wall-clock time (use ``--threads 1`` there so idle threads do not spin on the count). With ``--memory`` each trainer also runs alone in a fresh process for its peak memory
+(Linux's resident-set high-water mark on CPU, reset after set-up; ``torch.cuda.max_memory_allocated`` on
+CUDA).
 
-Needs a planned and preprocessed dataset (with unlabeled images for semi-supervised trainers) and the usual
-nnUNet_raw / nnUNet_preprocessed / nnUNet_results variables. Every (repetition, trainer) runs in a fresh
-process, in an order rotated per repetition, so peak memory is per trainer and slow drifts of the machine hit
-all trainers alike. Each process builds the trainer as ``nnUNetv2_train`` does, pre-fetches batches (data
-loading is excluded: it runs in background workers during real training), then times ``train_step`` after
-warm-up steps. Memory: peak RSS on CPU (whole process, and the growth during the timed steps), and
-``torch.cuda.max_memory_allocated`` on GPU.
+Example (a planned dataset, e.g. made by ``nnunet-semisup make-benchmark`` + ``nnUNetv2_plan_and_preprocess``)::
+
+    nnUNet_compile=f python benchmarks/overhead.py -d 511 -c 3d_fullres --device cpu \\
+        --trainers nnUNetTrainer,SECLTrainer,SECLTrainer_RACS --reps 7 --iters 3 --memory
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-# Forward/backward passes per iteration relative to nnUNetTrainer (forward = 1, backward = 2 units, so
-# nnUNetTrainer's labeled batch B costs 3B): the floor a method cannot go below, before any overhead.
+# fixed batches come from single-threaded loaders; no background workers competing for the cores
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+
+import torch
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+
+# Forward/backward passes per iteration relative to nnUNetTrainer (forward = 1, backward = 2 units, so its
+# labeled batch B costs 3B): the floor a method cannot go below, printed next to the measured ratio.
 EXPECTED_FLOOR = {
-    "nnUNetTrainer": ("1 fwd+bwd on B", 1.0),
-    "LabeledOnlyTrainer": ("same as nnUNetTrainer", 1.0),
-    # student fwd+bwd on labeled+unlabeled (2B), teacher fwd on 2B: (6B + 2B) / 3B
-    "MeanTeacherTrainer": ("student fwd+bwd on 2B + teacher fwd on 2B", 8 / 3),
-    "MeanTeacherTrainer_PredictTeacher": ("as MeanTeacherTrainer", 8 / 3),
-    # M_s and M_d each fwd+bwd on labeled+unlabeled (2B): (6B + 6B) / 3B
-    "DTMLTrainer": ("M_s and M_d fwd+bwd on 2B", 4.0),
-    "DTMLTrainer_LabeledOnly": ("M_s and M_d fwd+bwd on B", 2.0),
+    "nnUNetTrainer": 1.0,
+    "LabeledOnlyTrainer": 1.0,
+    "MeanTeacherTrainer": 8 / 3,  # student fwd+bwd on labeled+unlabeled (2B) + teacher fwd on 2B
+    "MeanTeacherTrainer_PredictTeacher": 8 / 3,
+    "DTMLTrainer": 4.0,  # M_s and M_d fwd+bwd on 2B
+    "DTMLTrainer_LabeledOnly": 2.0,  # M_s and M_d fwd+bwd on B
 }
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def worker(
-    dataset: str, configuration: str, plans: str, trainer_name: str, iters: int, warmup: int, device: str
-) -> dict:
-    """Time ``iters`` training steps of one trainer in this process; returns a JSON-able dict."""
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    torch.manual_seed(0)
+def build_trainer(name: str, args: argparse.Namespace):
     trainer = get_trainer_from_args(
-        dataset, configuration, "all", trainer_name, plans, device=torch.device(device)
+        args.dataset, args.configuration, args.fold, name, args.plans, device=torch.device(args.device)
     )
     trainer.initialize()
-    if getattr(trainer, "uses_unlabeled_data", False):
-        trainer.prepare_unlabeled_data()
-    dl_train, dl_val = trainer.get_dataloaders()
-    n_batches = min(iters + warmup, 4)
-    labeled = [next(dl_train) for _ in range(n_batches)]
-    unlabeled = None
-    if getattr(trainer, "dataloader_unlabeled", None) is not None:
-        unlabeled = [trainer.next_unlabeled_batch() for _ in range(n_batches)]
-        cycle = itertools.cycle(unlabeled)
-        trainer.next_unlabeled_batch = lambda: next(cycle)
-    for loader in (dl_train, dl_val, getattr(trainer, "dataloader_unlabeled", None)):
-        if hasattr(loader, "_finish"):
-            loader._finish()
     trainer.network.train()
-    if hasattr(trainer, "on_fresh_start"):
-        trainer.on_fresh_start()
-
-    times = []
-    rss_before = None
-    for i in range(warmup + iters):
-        if i == warmup:
-            rss_before = _rss_mb()
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer.train_step(labeled[i % n_batches])
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "trainer": trainer_name,
-        "sec_per_iter": statistics.median(times),
-        "times": times,
-        "peak_rss_mb": peak_rss,
-        "rss_growth_mb": peak_rss - rss_before,
-        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-        "batch_size": trainer.batch_size,
-        "patch_size": list(trainer.configuration_manager.patch_size),
-    }
+    return trainer
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", required=True, help="dataset name or id (planned, preprocessed)")
-    parser.add_argument("-c", default="3d_fullres")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    parser.add_argument("--trainers", default="nnUNetTrainer,MeanTeacherTrainer")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--out", default=None, help="write the raw measurements as JSON here")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict, torch.Tensor | None]:
+    """One labeled batch from nnU-Net's training loader and, if any trainer needs one, one unlabeled batch."""
+    torch.manual_seed(args.seed)
+    # nnU-Net's own loaders (the unbound call skips the unlabeled loader of semi-supervised trainers)
+    loader, _ = nnUNetTrainer.get_dataloaders(trainers[0])
+    batch = next(loader)
+    semisup = [t for t in trainers if isinstance(t, SemiSupervisedTrainer) and t.uses_unlabeled_data]
+    if not semisup:
+        return batch, None
+    semisup[0].prepare_unlabeled_data()
+    return batch, next(semisup[0].get_unlabeled_dataloader())["data"]
+
+
+def time_steps(trainer, batch: dict, iters: int) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds per ``train_step`` over ``iters`` steps."""
+    synchronize = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        trainer.train_step(batch)
+    synchronize()
+    return (time.perf_counter() - wall) / iters, (time.process_time() - cpu) / iters
+
+
+def prepare(trainers: list, batch: dict, unlabeled: torch.Tensor | None) -> None:
+    for trainer in trainers:
+        if isinstance(trainer, SemiSupervisedTrainer) and trainer.uses_unlabeled_data:
+            fixed = unlabeled.to(trainer.device)
+            trainer.next_unlabeled_batch = lambda fixed=fixed: fixed
+        for _ in range(2):  # warm-up (allocator, cuDNN autotuning, torch.compile)
+            trainer.train_step(batch)
+
+
+def reset_peak_memory(trainer) -> None:
+    """Start a new peak: CUDA's allocator statistics, or Linux's resident-set high-water mark (clear_refs 5),
+    so the setup (trainer search imports, data loading) does not mask the training steps' peak."""
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        return
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_memory_mb(trainer) -> float:
+    if trainer.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    with open("/proc/self/status") as f:
+        high_water_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return high_water_kb / 1024
+
+
+def run_single(args: argparse.Namespace) -> None:
+    """Child process of --memory: one trainer alone, its peak memory as JSON on the last line."""
+    trainer = build_trainer(args.single, args)
+    batch, unlabeled = fixed_batches([trainer], args)
+    reset_peak_memory(trainer)
+    prepare([trainer], batch, unlabeled)
+    time_steps(trainer, batch, args.iters)
+    sys.stdout.write(json.dumps({"trainer": args.single, "peak_mb": peak_memory_mb(trainer)}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-d", "--dataset", required=True)
+    parser.add_argument("-c", "--configuration", default="3d_fullres")
+    parser.add_argument("-f", "--fold", type=int, default=0)
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    parser.add_argument(
+        "--trainers", default="nnUNetTrainer,SECLTrainer", help="comma-separated; first = baseline"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=3, help="timed steps per trainer and repetition")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--memory", action="store_true", help="also peak memory, one process per trainer")
+    parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device is None:
-        import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.single:
+        run_single(args)
+        return
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.worker:
-        result = worker(args.d, args.c, args.p, args.worker, args.iters, args.warmup, args.device)
-        print("RESULT " + json.dumps(result))
-        return 0
-
-    trainers = args.trainers.split(",")
-    if trainers[0] != "nnUNetTrainer":
-        trainers = ["nnUNetTrainer", *[t for t in trainers if t != "nnUNetTrainer"]]
-    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile=os.environ.get("nnUNet_compile", "f"))
-    results: dict[str, list[dict]] = {t: [] for t in trainers}
+    names = [n.strip() for n in args.trainers.split(",") if n.strip()]
+    trainers = [build_trainer(name, args) for name in names]
+    batch, unlabeled = fixed_batches(trainers, args)
+    prepare(trainers, batch, unlabeled)
+    seconds = {name: [] for name in names}
+    cpu_seconds = {name: [] for name in names}
     for rep in range(args.reps):
-        order = trainers[rep % len(trainers) :] + trainers[: rep % len(trainers)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
         for name in order:
-            cmd = [sys.executable, __file__, "-d", args.d, "-c", args.c, "-p", args.p, "--iters", str(args.iters),
-                   "--warmup", str(args.warmup), "--device", args.device, "--worker", name]  # fmt: skip
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"worker for {name} failed (exit {proc.returncode})")
-            results[name].append(json.loads(lines[-1][len("RESULT ") :]))
-            print(
-                f"rep {rep + 1}/{args.reps} {name}: {results[name][-1]['sec_per_iter']:.3f} s/iter",
-                flush=True,
-            )
+            wall, cpu = time_steps(trainers[names.index(name)], batch, args.iters)
+            seconds[name].append(wall)
+            cpu_seconds[name].append(cpu)
 
-    base = results["nnUNetTrainer"]
-    print(f"\nDevice {args.device}; batch {base[0]['batch_size']}, patch {base[0]['patch_size']}; "
-          f"{args.reps} processes per trainer, median of {args.iters} timed steps each.")  # fmt: skip
-    header = (f"{'trainer':<36}{'s/iter':>9}{'ratio':>8}{'(min-max)':>14}{'peak RSS MB':>13}{'ratio':>7}"
-              f"{'step mem MB':>13}{'floor':>7}  floor from")  # fmt: skip
-    print(header + "\n" + "-" * len(header))
-    for name in trainers:
-        ratios = [r["sec_per_iter"] / b["sec_per_iter"] for r, b in zip(results[name], base)]
-        sec = statistics.median(r["sec_per_iter"] for r in results[name])
-        mem_key = "cuda_peak_mb" if args.device == "cuda" else "peak_rss_mb"
-        mem = statistics.median(r[mem_key] for r in results[name])
-        mem_ratio = mem / statistics.median(b[mem_key] for b in base)
-        growth = statistics.median(r["rss_growth_mb"] for r in results[name])
-        note, floor = EXPECTED_FLOOR.get(name, ("see the method's README section", float("nan")))
-        print(f"{name:<36}{sec:>9.3f}{statistics.median(ratios):>7.2f}x"
-              f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>14}{mem:>13.0f}{mem_ratio:>6.2f}x{growth:>13.0f}"
-              f"{floor:>6.2f}x  {note}")  # fmt: skip
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    memory = {}
+    if args.memory:
+        for name in names:
+            proc = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--single", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            memory[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+
+    base = names[0]
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    )
+    lines = [
+        f"dataset {args.dataset} {args.configuration}, patch {trainers[0].configuration_manager.patch_size}, "
+        f"batch {trainers[0].batch_size}, device {device}; {args.reps} repetitions x {args.iters} steps",
+        f"{'trainer':<28}{'s/it median':>12}{'min-max':>18}{'ratio':>8}{'ratio min-max':>16}"
+        + (f"{'CPU s/it':>10}{'CPU ratio':>11}" if args.device == "cpu" else "")
+        + (f"{'peak MB':>10}" if memory else "")
+        + f"{'floor':>7}",
+    ]
+    for name in names:
+        times = seconds[name]
+        ratios = [t / b for t, b in zip(times, seconds[base])]
+        cpu_ratios = [t / b for t, b in zip(cpu_seconds[name], cpu_seconds[base])]
+        lines.append(
+            f"{name:<28}{statistics.median(times):>12.3f}{f'{min(times):.3f}-{max(times):.3f}':>18}"
+            f"{statistics.median(ratios):>8.2f}{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}"
+            + (
+                f"{statistics.median(cpu_seconds[name]):>10.3f}{statistics.median(cpu_ratios):>11.2f}"
+                if args.device == "cpu"
+                else ""
+            )
+            + (f"{memory[name]:>10.0f}" if memory else "")
+            + (f"{EXPECTED_FLOOR[name]:>7.2f}" if name in EXPECTED_FLOOR else f"{'?':>7}")
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -14,6 +14,13 @@ from nnunet_semisup.trainers.dtml import (
 )
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
+from nnunet_semisup.trainers.secl import (
+    SECLTrainer,
+    SECLTrainer_alpha0,
+    SECLTrainer_alpha099,
+    SECLTrainer_NoContrast,
+    SECLTrainer_RACS,
+)
 
 __all__ = [
     "DTMLTrainer",
@@ -23,5 +30,10 @@ __all__ = [
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",
+    "SECLTrainer",
+    "SECLTrainer_NoContrast",
+    "SECLTrainer_RACS",
+    "SECLTrainer_alpha0",
+    "SECLTrainer_alpha099",
     "SemiSupervisedTrainer",
 ]

@@ -1,0 +1,118 @@
+"""End to end through the stock console scripts: SECLTrainer (AACS) trains and predicts, SECLTrainer_RACS
+trains and resumes with ``--c`` restoring teacher and projectors exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.e2e
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _check_secl_state(ckpt, steps):
+    state = ckpt["semisup_state"]
+    assert state["global_step"] == steps
+    student, teacher, projector = ckpt["network_weights"], state["teacher"], state["projector"]
+    encoder_keys = {k.removeprefix("encoder.") for k in student if k.startswith("encoder.")}
+    assert {k.removeprefix("encoder.") for k in teacher if k.startswith("encoder.")} == encoder_keys
+    assert {k.removeprefix("projector.") for k in teacher if k.startswith("projector.")} == set(projector)
+    assert not any(k.startswith("decoder.") for k in teacher)  # forward through encoder + projector only
+    # after the EMA steps the teacher is a blend of past students: not the current student
+    assert any(not torch.equal(teacher[f"encoder.{k}"], student[f"encoder.{k}"]) for k in encoder_keys)
+    assert any(not torch.equal(teacher[f"projector.{k}"], v) for k, v in projector.items())
+
+
+def test_secl_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
+    run = tiny_dataset
+    run.train("SECLTrainer", "0", "epochs=1,iters=2,val_iters=1")
+    out = run.output_folder("SECLTrainer", "0")
+    ckpt = _load(out / "checkpoint_final.pth")
+    assert ckpt["trainer_name"] == "SECLTrainer"
+    _check_secl_state(ckpt, 2)
+    for key in ("loss_sup", "loss_con", "con_weight", "cubes_anchored"):
+        assert len(ckpt["logging"][key]) == 1
+    assert ckpt["logging"]["loss_con"][0] > 0 and 0 <= ckpt["logging"]["cubes_anchored"][0] <= 1
+    log_text = "".join(p.read_text() for p in out.glob("training_log_*.txt"))
+    assert "SECL AACS: cubes" in log_text
+
+    pred = run.root / "pred_secl"
+    run(
+        "nnUNetv2_predict",
+        "-i",
+        str(run.raw / "Dataset501_Tiny" / "imagesTs"),
+        "-o",
+        str(pred),
+        "-d",
+        "501",
+        "-c",
+        "3d_fullres",
+        "-tr",
+        "SECLTrainer",
+        "-f",
+        "0",
+        "-device",
+        "cpu",
+        "--disable_tta",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+    )
+    labels_ts = sorted(p.name for p in (run.raw / "Dataset501_Tiny" / "labelsTs").glob("*.nii.gz"))
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == labels_ts
+
+
+def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, monkeypatch):
+    run = tiny_dataset
+    run.train("SECLTrainer_RACS", "2", "epochs=1,iters=2,val_iters=1")
+    out = run.output_folder("SECLTrainer_RACS", "2")
+    first = _load(out / "checkpoint_final.pth")
+    _check_secl_state(first, 2)
+    assert "SECL RACS: region grid" in "".join(p.read_text() for p in out.glob("training_log_*.txt"))
+
+    # a fresh trainer built the way nnUNetv2_train builds it restores the extra state bit for bit
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, run.env[key])
+    monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=2,iters=2,val_iters=1")
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args("501", "3d_fullres", 2, "SECLTrainer_RACS", device=torch.device("cpu"))
+    trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
+    assert trainer.global_step == 2 and trainer._semisup_state_restored
+    for name, module in (("teacher", trainer.teacher), ("projector", trainer.projector)):
+        restored = module.state_dict()
+        assert restored.keys() == first["semisup_state"][name].keys()
+        for key, value in first["semisup_state"][name].items():
+            assert torch.equal(restored[key], value), (name, key)
+    # the projector is in the optimizer (its momentum was restored with it)
+    projector_params = {id(p) for p in trainer.projector.parameters()}
+    assert projector_params <= {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+    # one objective evaluation on random patches per sampling strategy: the teacher gets no gradient
+    patch = trainer.configuration_manager.patch_size
+    data, unlabeled = torch.randn(2, 1, *patch), torch.randn(2, 1, *patch)
+    target = [
+        torch.zeros(2, 1, *[round(p * s) for p, s in zip(patch, scale)])
+        for scale in trainer._get_deep_supervision_scales()
+    ]
+    for sampling in ("region", "anatomical"):
+        trainer.sampling = sampling
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss, terms = trainer.compute_loss(data, target, unlabeled)
+        loss.backward()
+        assert terms["loss_con"] > 0
+        assert all(p.grad is None for p in trainer.teacher.parameters())
+        # the projector only sees the contrastive path: its gradient comes through the student's encoder
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.projector.parameters())
+
+    # continue through the console script
+    run.train("SECLTrainer_RACS", "2", "epochs=2,iters=2,val_iters=1", "--c")
+    second = _load(out / "checkpoint_final.pth")
+    assert second["current_epoch"] == 2
+    _check_secl_state(second, 4)
+    assert second["logging"]["loss_con"][0] == first["logging"]["loss_con"][0]
+    assert len(second["logging"]["loss_con"]) == 2
