@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from nnunet_semisup.console import Console
+
 DATASET_ID = 504
-PROGRESS_MARKERS = ("Epoch ", "Epoch time", "semi-supervised terms", "Pseudo dice", "Mean Validation Dice")
 
 
 def default_data_dir() -> Path | None:
@@ -31,50 +30,29 @@ def default_data_dir() -> Path | None:
     return None
 
 
-class _Demo:
+class _Demo(Console):
     def __init__(self, work_dir: Path, schedule: str) -> None:
         import torch
 
-        self.work = work_dir
-        self.t0 = time.time()
-        self.bin = Path(sys.executable).parent
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.env = dict(os.environ)
-        self.env.update(
+        env = dict(os.environ)
+        env.update(
             nnUNet_raw=str(work_dir / "nnUNet_raw"),
             nnUNet_preprocessed=str(work_dir / "nnUNet_preprocessed"),
             nnUNet_results=str(work_dir / "nnUNet_results"),
             nnUNet_semisup_schedule=schedule,
             # nnU-Net's default of 8 export workers costs minutes of imports on a small machine
             nnUNet_def_n_proc=str(min(4, os.cpu_count() or 1)),
-            PYTHONUNBUFFERED="1",
         )
+        super().__init__(env, error=SystemExit)
+        self.work = work_dir
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             Path(self.env[key]).mkdir(parents=True, exist_ok=True)
             os.environ[key] = self.env[key]  # for the in-process steps (make-benchmark, evaluate)
-        (work_dir / "logs").mkdir(exist_ok=True)
-
-    def say(self, message: str) -> None:
-        print(f"[{time.time() - self.t0:6.0f} s] {message}", flush=True)
 
     def run(self, log_name: str, *args: str) -> None:
         """Run a console script; show its progress lines, keep its whole output in logs/."""
-        log_path = self.work / "logs" / f"{log_name}.log"
-        self.say(f"$ {' '.join(args)}   (log: {log_path})")
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [str(self.bin / args[0]), *args[1:]],
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for line in proc.stdout:
-                log.write(line)
-                if any(marker in line for marker in PROGRESS_MARKERS):
-                    print("    " + line.rstrip()[:150], flush=True)
-            if proc.wait() != 0:
-                raise SystemExit(f"demo: {args[0]} failed (exit {proc.returncode}); see {log_path}")
+        super().run(self.work / "logs" / f"{log_name}.log", *args)
 
 
 def run_demo(

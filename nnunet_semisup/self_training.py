@@ -18,9 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_semisup.console import Console
+
 MANIFEST_NAME = "semisup_self_training.json"
 PREPROCESSED_MARKER = "semisup_self_training_preprocessed.json"
 TEACHER_STAMP = "semisup_teacher.json"
 MANIFEST_FORMAT = 1
 # dataset.json keys of D that describe D's own folders, not the new dataset
 _DROPPED_KEYS = ("dataset", "numUnlabeled", "numTest", "numTraining", "name", "description", "labels")
-PROGRESS_MARKERS = ("Epoch ", "Epoch time", "Pseudo dice", "Mean Validation Dice", "Predicting ", "Traceback")
 
 
 class SelfTrainingError(ValueError):
@@ -312,37 +310,6 @@ def build_self_training_dataset(
 # orchestration
 
 
-class Console:
-    """Runs console scripts of this interpreter's environment; shows progress lines, logs everything."""
-
-    def __init__(self) -> None:
-        self.t0 = time.time()
-        self.bin = Path(sys.executable).parent
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-
-    def say(self, message: str) -> None:
-        print(f"[{time.time() - self.t0:6.0f} s] {message}", flush=True)
-
-    def run(self, log_path: Path, *args: str) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        exe = self.bin / args[0]
-        self.say(f"$ {' '.join(args)}   (log: {log_path})")
-        with open(log_path, "a") as log:
-            proc = subprocess.Popen(
-                [str(exe) if exe.exists() else args[0], *args[1:]],
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for line in proc.stdout:
-                log.write(line)
-                if any(marker in line for marker in PROGRESS_MARKERS):
-                    print("    " + line.rstrip()[:150], flush=True)
-            if proc.wait() != 0:
-                raise SelfTrainingError(f"{args[0]} failed (exit {proc.returncode}); see {log_path}")
-
-
 def _results_fold_dir(results_root: str, dataset_name: str, trainer: str, plans: str, configuration: str,
                       fold: str) -> Path:  # fmt: skip
     return Path(results_root) / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
@@ -556,7 +523,7 @@ def run_self_training(opts: SelfTrainingOptions) -> dict:
     for r, target_name in enumerate(targets, start=1):
         check_dataset_id(roots, opts.out_id + r - 1, target_name, {**settings, "round": r})
 
-    console = Console()
+    console = Console(error=SelfTrainingError)
     console.say(
         f"Self-training on {source_name}: {len(labeled)} labeled, {len(unlabeled)} unlabeled cases; "
         f"{opts.rounds} round(s) -> {', '.join(targets)}"
