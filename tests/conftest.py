@@ -68,6 +68,19 @@ class ConsoleRunner:
             extra_env={"nnUNet_semisup_schedule": schedule},
         )
 
+    def predict(self, trainer: str, out_name: str, fold: str = "0") -> Path:
+        """``nnUNetv2_predict`` of the tiny dataset's test images on CPU (no mirroring, one worker each);
+        returns the output folder, after checking there is one segmentation per test label."""
+        pred = self.root / out_name
+        self(
+            "nnUNetv2_predict", "-i", str(self.raw / TINY_DATASET_NAME / "imagesTs"), "-o", str(pred),
+            "-d", str(TINY_DATASET_ID), "-c", "3d_fullres", "-tr", trainer, "-f", fold, "-device", "cpu",
+            "--disable_tta", "-npp", "1", "-nps", "1",
+        )  # fmt: skip
+        labels = sorted(p.name for p in (self.raw / TINY_DATASET_NAME / "labelsTs").glob("*.nii.gz"))
+        assert sorted(p.name for p in pred.glob("*.nii.gz")) == labels
+        return pred
+
     def output_folder(self, trainer: str, fold: str = "0") -> Path:
         return self.results / TINY_DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
 

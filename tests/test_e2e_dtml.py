@@ -13,33 +13,6 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _predict(run, trainer: str, out_name: str):
-    pred = run.root / out_name
-    run(
-        "nnUNetv2_predict",
-        "-i",
-        str(run.raw / "Dataset501_Tiny" / "imagesTs"),
-        "-o",
-        str(pred),
-        "-d",
-        "501",
-        "-c",
-        "3d_fullres",
-        "-tr",
-        trainer,
-        "-f",
-        "0",
-        "-device",
-        "cpu",
-        "--disable_tta",
-        "-npp",
-        "1",
-        "-nps",
-        "1",
-    )
-    return pred
-
-
 def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     run = tiny_dataset
     run.train("DTMLTrainer", "0", "epochs=1,iters=2,val_iters=1")
@@ -67,7 +40,7 @@ def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
         assert len(ckpt["logging"][key]) == 1
     assert 0 < ckpt["logging"]["loss_dist"][0] <= 1  # soft Dice of M_d's mask
 
-    pred = _predict(run, "DTMLTrainer", "pred_dtml")
+    pred = run.predict("DTMLTrainer", "pred_dtml")
     labels_ts = sorted(p.name for p in (run.raw / "Dataset501_Tiny" / "labelsTs").glob("*.nii.gz"))
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == labels_ts
 
