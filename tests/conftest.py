@@ -81,6 +81,20 @@ class ConsoleRunner:
         assert sorted(p.name for p in pred.glob("*.nii.gz")) == labels
         return pred
 
+    def build_trainer(self, trainer: str, fold: int, monkeypatch, schedule: str | None = None):
+        """``trainer`` built in this process the way ``nnUNetv2_train`` builds it (CPU), with nnU-Net's folders
+        (and the schedule variable, if given) set through ``monkeypatch``."""
+        import torch
+        from nnunetv2.run.run_training import get_trainer_from_args
+
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            monkeypatch.setenv(key, self.env[key])
+        if schedule is not None:
+            monkeypatch.setenv("nnUNet_semisup_schedule", schedule)
+        return get_trainer_from_args(
+            str(TINY_DATASET_ID), "3d_fullres", fold, trainer, device=torch.device("cpu")
+        )
+
     def output_folder(self, trainer: str, fold: str = "0") -> Path:
         return self.results / TINY_DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
 
@@ -140,13 +154,29 @@ def mean_teacher_in_process(tiny_dataset, monkeypatch):
     whose unlabeled batches are fixed random tensors (no background workers)."""
     import torch
 
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, tiny_dataset.env[key])
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args("501", "3d_fullres", 3, "MeanTeacherTrainer", device=torch.device("cpu"))
+    trainer = tiny_dataset.build_trainer("MeanTeacherTrainer", 3, monkeypatch)
     trainer.initialize()
     trainer.on_fresh_start()
     unlabeled = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
     trainer.next_unlabeled_batch = lambda: unlabeled
     return trainer
+
+
+@pytest.fixture
+def random_batch():
+    """``random_batch(trainer)``: a seeded labeled batch shaped like nnU-Net's for ``trainer`` (2 patches;
+    targets with values 0-2 at every deep-supervision scale)."""
+    import torch
+
+    def make(trainer) -> dict:
+        patch = list(trainer.configuration_manager.patch_size)
+        generator = torch.Generator().manual_seed(0)
+        targets = [
+            torch.randint(
+                0, 3, (2, 1, *[round(p * s) for p, s in zip(patch, scale)]), generator=generator
+            ).float()
+            for scale in trainer._get_deep_supervision_scales()
+        ]
+        return {"data": torch.randn(2, 1, *patch, generator=generator), "target": targets}
+
+    return make

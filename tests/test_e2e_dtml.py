@@ -83,12 +83,7 @@ def test_dtml_resume_restores_both_networks_and_optimizer_exactly(tiny_dataset, 
     out = run.output_folder("DTMLTrainer", "2")
     first = _load(out / "checkpoint_final.pth")
 
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, run.env[key])
-    monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=2,iters=2,val_iters=1")
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args("501", "3d_fullres", 2, "DTMLTrainer", device=torch.device("cpu"))
+    trainer = run.build_trainer("DTMLTrainer", 2, monkeypatch, "epochs=2,iters=2,val_iters=1")
     trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
     assert trainer.global_step == 2 and trainer._semisup_state_restored
     for name, module, saved in (

@@ -95,12 +95,7 @@ def test_resume_restores_teacher_and_rampup_clock_exactly(tiny_dataset, monkeypa
     first = _load(out / "checkpoint_final.pth")
 
     # a fresh trainer built the way nnUNetv2_train builds it restores the extra state bit for bit
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, run.env[key])
-    monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=2,iters=2,val_iters=1")
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args("501", "3d_fullres", 1, "MeanTeacherTrainer", device=torch.device("cpu"))
+    trainer = run.build_trainer("MeanTeacherTrainer", 1, monkeypatch, "epochs=2,iters=2,val_iters=1")
     trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
     assert trainer.global_step == 2
     assert trainer._semisup_state_restored

@@ -51,12 +51,7 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
     assert "SECL RACS: region grid" in "".join(p.read_text() for p in out.glob("training_log_*.txt"))
 
     # a fresh trainer built the way nnUNetv2_train builds it restores the extra state bit for bit
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, run.env[key])
-    monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=2,iters=2,val_iters=1")
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args("501", "3d_fullres", 2, "SECLTrainer_RACS", device=torch.device("cpu"))
+    trainer = run.build_trainer("SECLTrainer_RACS", 2, monkeypatch, "epochs=2,iters=2,val_iters=1")
     trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
     assert trainer.global_step == 2 and trainer._semisup_state_restored
     for name, module in (("teacher", trainer.teacher), ("projector", trainer.projector)):

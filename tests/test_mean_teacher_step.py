@@ -27,17 +27,9 @@ def test_consistency_gradient_reaches_the_student_and_not_the_teacher(mean_teach
     assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
 
 
-def test_train_step_moves_the_teacher_by_the_ema_rule(mean_teacher_in_process):
+def test_train_step_moves_the_teacher_by_the_ema_rule(mean_teacher_in_process, random_batch):
     trainer = mean_teacher_in_process
-    patch = list(trainer.configuration_manager.patch_size)
-    generator = torch.Generator().manual_seed(0)
-    targets = [
-        torch.randint(
-            0, 3, (2, 1, *[round(p * s) for p, s in zip(patch, scale)]), generator=generator
-        ).float()
-        for scale in trainer._get_deep_supervision_scales()
-    ]
-    batch = {"data": torch.randn(2, 1, *patch, generator=generator), "target": targets}
+    batch = random_batch(trainer)
     trainer.global_step = 10  # EMA decay min(1 - 1/12, 0.99) = 11/12 for the step below
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     out = trainer.train_step(batch)

@@ -9,18 +9,6 @@ import torch
 pytestmark = pytest.mark.e2e  # needs the planned tiny dataset
 
 
-def _batch(trainer) -> dict:
-    patch = list(trainer.configuration_manager.patch_size)
-    generator = torch.Generator().manual_seed(0)
-    targets = [
-        torch.randint(
-            0, 3, (2, 1, *[round(p * s) for p, s in zip(patch, scale)]), generator=generator
-        ).float()
-        for scale in trainer._get_deep_supervision_scales()
-    ]
-    return {"data": torch.randn(2, 1, *patch, generator=generator), "target": targets}
-
-
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -30,7 +18,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_aborts_before_weights_change(
-    mean_teacher_in_process, monkeypatch
+    mean_teacher_in_process, random_batch, monkeypatch
 ):
     trainer = mean_teacher_in_process
     real_compute_loss = trainer.compute_loss
@@ -44,7 +32,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_aborts_before_weights_change(
 
     monkeypatch.setattr(trainer, "compute_loss", compute_loss)
     trainer.max_consecutive_nonfinite_steps = 3
-    batch = _batch(trainer)
+    batch = random_batch(trainer)
     student, teacher = _snapshot(trainer.network), _snapshot(trainer.teacher)
 
     outputs = [trainer.train_step(batch), trainer.train_step(batch)]
