@@ -15,6 +15,7 @@ _SCHEDULE_KEYS = {
     "epochs": "num_epochs",
     "iters": "num_iterations_per_epoch",
     "val_iters": "num_val_iterations_per_epoch",
+    "save_every": "save_every",
 }
 
 
@@ -25,10 +26,12 @@ class Schedule:
     num_epochs: int | None = None
     num_iterations_per_epoch: int | None = None
     num_val_iterations_per_epoch: int | None = None
+    save_every: int | None = None
 
 
 def parse_schedule(text: str | None) -> Schedule:
-    """Parse ``"epochs=E,iters=I,val_iters=V"`` (any subset, any order; empty or None = no override).
+    """Parse ``"epochs=E,iters=I,val_iters=V,save_every=S"`` (any subset, any order; empty or None = no
+    override). ``save_every``: write ``checkpoint_latest.pth`` every S epochs (nnU-Net's default is 50).
 
     Raises ``ValueError`` naming the bad token and the accepted keys.
     """
@@ -63,7 +66,7 @@ def apply_schedule(trainer: object, environ: Mapping[str, str] = os.environ) -> 
     Call at the end of the trainer's ``__init__`` so nnU-Net's debug.json records the values used.
     """
     schedule = parse_schedule(environ.get(SCHEDULE_ENV_VAR))
-    for attribute in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
+    for attribute in _SCHEDULE_KEYS.values():
         value = getattr(schedule, attribute)
         if value is not None:
             setattr(trainer, attribute, value)

@@ -34,7 +34,7 @@ def test_parse_schedule_subset_in_any_order_leaves_others_none():
 
 @pytest.mark.parametrize("text", [None, "", "   ", " , ,"])
 def test_parse_schedule_empty_or_none_means_no_override(text):
-    assert parse_schedule(text) == Schedule(None, None, None)
+    assert parse_schedule(text) == Schedule()
 
 
 def test_parse_schedule_tolerates_whitespace_around_tokens_keys_and_values():
@@ -71,7 +71,13 @@ def test_parse_schedule_values_below_minimum_raise(text):
 
 
 def test_parse_schedule_minimum_values_are_accepted():
-    assert parse_schedule("epochs=1,iters=1,val_iters=0") == Schedule(1, 1, 0)
+    assert parse_schedule("epochs=1,iters=1,val_iters=0,save_every=1") == Schedule(1, 1, 0, 1)
+
+
+def test_parse_schedule_save_every_sets_checkpoint_cadence():
+    assert parse_schedule("save_every=5") == Schedule(save_every=5)
+    with pytest.raises(ValueError, match="save_every must be >= 1"):
+        parse_schedule("save_every=0")
 
 
 # --- apply_schedule --------------------------------------------------------------------------------------

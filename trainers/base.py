@@ -65,6 +65,33 @@ def atomic_torch_save(obj: object, filename: str) -> None:
             os.remove(tmp)
 
 
+def remove_stale_checkpoint_temporaries(folder: str, log=print) -> list[str]:
+    """Delete ``*.pth.tmp<pid>`` files that :func:`atomic_torch_save` of a killed process left in ``folder``
+    (only those whose process is gone); the checkpoints themselves are never touched. Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        stem, sep, pid = name.rpartition(".pth.tmp")
+        if not sep or not stem or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        os.remove(path)
+        removed.append(path)
+        log(f"Removed {path}: an unfinished checkpoint write of a process that was killed")
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class SemiSupervisedTrainer(nnUNetTrainer):
     """Base class of the package's semi-supervised trainers (not a method by itself).
 
@@ -171,8 +198,15 @@ class SemiSupervisedTrainer(nnUNetTrainer):
                 f"preprocess-unlabeled -d {dataset_name} -c {self.configuration_name}`). For the labeled-only "
                 f"baseline use -tr LabeledOnlyTrainer."
             )
-        self.unlabeled_case_ids = list(ids)
-        self.print_to_log_file(f"Unlabeled training cases: {len(ids)} ({self.preprocessed_unlabeled_folder})")
+        ids = list(ids)
+        if self.is_ddp and len(ids) >= dist.get_world_size():
+            # each rank draws from its own share, so no two GPUs train on the same unlabeled case in a step
+            ids = ids[self.local_rank :: dist.get_world_size()]
+        self.unlabeled_case_ids = ids
+        self.print_to_log_file(
+            f"Unlabeled training cases: {len(ids)}{' on this rank' if self.is_ddp else ''} "
+            f"({self.preprocessed_unlabeled_folder})"
+        )
 
     def get_unlabeled_dataloader(self):
         """nnU-Net's training augmentation and threading, applied to random patches of unlabeled cases."""
@@ -224,10 +258,19 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         """(B_u, C, *patch) images of the next unlabeled batch, on the training device."""
         return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
+    def wrap_ddp(self, module: torch.nn.Module, sync_batchnorm: bool = True) -> DDP:
+        """``module`` in its own DDP wrapper (for extra networks and heads that run outside nnU-Net's wrapped
+        ``self.network``): rank 0's weights are broadcast, gradients averaged across ranks."""
+        if sync_batchnorm:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
     # ------------------------------------------------------------------ training loop hooks
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
+        if self.local_rank == 0:
+            remove_stale_checkpoint_temporaries(self.output_folder, self.print_to_log_file)
         if self.uses_unlabeled_data:
             self.prepare_unlabeled_data()
         super().on_train_start()

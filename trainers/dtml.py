@@ -4,7 +4,6 @@ PRCV 2021 (public code: github.com/YichiZhang98/DTML, binary V-Net)."""
 from __future__ import annotations
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_semisup.distance import signed_distance_map
 from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
@@ -81,9 +80,7 @@ class DTMLTrainer(SemiSupervisedTrainer):
     def initialize(self) -> None:
         super().initialize()
         if self.is_ddp:  # its own wrap, as nnU-Net wraps self.network (broadcasts rank 0's weights)
-            self.dist_network = DDP(
-                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.dist_network), device_ids=[self.local_rank]
-            )
+            self.dist_network = self.wrap_ddp(self.dist_network)
         self.consistency_loss = DualTaskConsistencyLoss(self.sdm_k)
         self.sdm_mask_loss = SDMMaskDiceLoss(self.sdm_k, batch_dice=self.configuration_manager.batch_dice)
         self.sdm_regression_loss = SDMRegressionLoss()

@@ -8,7 +8,6 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_semisup.augment import ViewAugmentation
 from nnunet_semisup.heads import ProjectionHead
@@ -107,7 +106,7 @@ class SECLTrainer(SemiSupervisedTrainer):
         student = unwrap_network(self.network)
         # the projector only runs outside nnU-Net's DDP wrapper, so it needs its own for gradient averaging
         self.projector_for_training = (
-            DDP(self.projector, device_ids=[self.local_rank]) if self.is_ddp else self.projector
+            self.wrap_ddp(self.projector, sync_batchnorm=False) if self.is_ddp else self.projector
         )
         # made from the unwrapped student after nnU-Net's DDP wrap, never wrapped, never given gradients
         self.student_parts = nn.ModuleDict({"encoder": student.encoder, "projector": self.projector})
