@@ -488,6 +488,20 @@ def test_2d_image_in_3d_dataset_error_names_the_file(ds):
     _assert_error_names(ds, path, "flat_0000")
 
 
+def test_nifti_without_spacing_error_names_the_file(ds):
+    # a header with pixdim 0 (readers silently turn it into 1 mm): written by hand, as no writer produces it
+    import gzip
+    import struct
+
+    plain = write_image(os.path.join(os.path.dirname(ds.raw_root), "spaced.nii"), random_image(6))
+    header = bytearray(open(plain, "rb").read())
+    header[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1:4] of the little-endian NIfTI-1 header
+    path = os.path.join(ds.unlabeled, "nospacing_0000.nii.gz")
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(header))
+    _assert_error_names(ds, path, "no valid voxel spacing")
+
+
 def test_label_map_in_images_unlabeled_error_names_the_file(ds):
     label = np.zeros(SHAPE, dtype=np.uint8)
     label[2:6, 3:9, 3:9] = 1

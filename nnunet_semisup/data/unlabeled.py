@@ -10,11 +10,14 @@ changed cases, and cases removed from imagesUnlabeled are dropped. Raw data is o
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -193,6 +196,29 @@ def _check_image(path_hint: str, data: np.ndarray, properties: dict, dataset_jso
             )
 
 
+def _check_nifti_header_spacing(path: str) -> None:
+    """A NIfTI-1 header without voxel sizes (pixdim 0) is read as 1 mm by ITK (and nibabel) without a word:
+    refuse it. The header is parsed directly because both readers repair the value on load."""
+    if not path.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(348)
+    except OSError:  # unreadable files were already reported by the image reader
+        return
+    for endian in "<>":
+        if len(header) == 348 and struct.unpack(f"{endian}i", header[:4])[0] == 348:  # NIfTI-1
+            ndim = struct.unpack(f"{endian}h", header[40:42])[0]
+            pixdim = struct.unpack(f"{endian}8f", header[76:108])[1 : 1 + min(max(ndim, 0), 3)]
+            if any(not math.isfinite(v) or v <= 0 for v in pixdim):
+                raise UnlabeledDataError(
+                    f"{path}: the NIfTI header has no valid voxel spacing (pixdim {pixdim}); ITK would silently "
+                    f"read it as 1 mm. Write the image with its real spacing (e.g. copy the header of the scan "
+                    f"it came from) and run again."
+                )
+            return
+
+
 def _preprocess_case(
     case_id: str,
     image_files: list[str],
@@ -217,6 +243,8 @@ def _preprocess_case(
             f"{dataset_json['file_ending']} image (open it in a viewer) or remove it."
         ) from None
     _check_image(hint, np.asarray(data), properties, dataset_json)
+    for path in image_files:
+        _check_nifti_header_spacing(path)
 
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, seg, properties = preprocessor.run_case_npy(
