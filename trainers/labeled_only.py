@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_semisup.schedules import apply_schedule
+from nnunet_semisup.trainers.base import remove_stale_checkpoint_temporaries
 
 
 class LabeledOnlyTrainer(nnUNetTrainer):
     """nnU-Net's ``nnUNetTrainer`` unchanged, except that it honours ``nnUNet_semisup_schedule``, so the
     baseline runs on exactly the schedule (epochs, iterations) of the semi-supervised trainers it is
-    compared with. Unlabeled images are ignored."""
+    compared with, and that its checkpoints are written atomically (temporary file + rename, so a job killed
+    while saving keeps its previous checkpoint). Unlabeled images are ignored."""
 
     def __init__(
         self,
@@ -23,3 +27,14 @@ class LabeledOnlyTrainer(nnUNetTrainer):
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule(self)
+
+    def on_train_start(self) -> None:
+        if self.local_rank == 0:
+            remove_stale_checkpoint_temporaries(self.output_folder, self.print_to_log_file)
+        super().on_train_start()
+
+    def save_checkpoint(self, filename: str) -> None:
+        tmp = f"{filename}.tmp{os.getpid()}"
+        super().save_checkpoint(tmp)  # writes only on rank 0 with checkpointing enabled
+        if os.path.exists(tmp):
+            os.replace(tmp, filename)
