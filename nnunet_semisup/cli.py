@@ -220,7 +220,11 @@ def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
         allow_tqdm=False,
         source=args.source,
     )
-    predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+    try:
+        predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+    except ValueError as e:  # not a dual-subnet model: say so, no traceback
+        print(f"nnunet-semisup predict-dual-subnet: error: {e}", file=sys.stderr)
+        return 2
     predictor.predict_from_files(
         args.i,
         args.o,

@@ -14,6 +14,7 @@ from nnunet_semisup.trainers.dtml import (
 )
 from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer,
+    DualSubnetContrastTrainer_Drop80,
     DualSubnetContrastTrainer_NoProto,
     DualSubnetContrastTrainer_NoReg,
     DualSubnetContrastTrainer_PrintedLambda,
@@ -35,6 +36,7 @@ __all__ = [
     "DTMLTrainer_Ldis",
     "DTMLTrainer_LdisLmask",
     "DualSubnetContrastTrainer",
+    "DualSubnetContrastTrainer_Drop80",
     "DualSubnetContrastTrainer_NoProto",
     "DualSubnetContrastTrainer_NoReg",
     "DualSubnetContrastTrainer_PrintedLambda",

@@ -379,3 +379,10 @@ class DualSubnetContrastTrainer_RisingT(DualSubnetContrastTrainer):
     the subnets sharpen."""
 
     confidence_threshold_end = 0.9
+
+
+class DualSubnetContrastTrainer_Drop80(DualSubnetContrastTrainer):
+    """The authors' code's reading of its entropy filter: ``np.percentile(entropy, 20)`` with ``entropy >= it``
+    marks the 80 % highest-entropy voxels unreliable (we drop the highest 20 % by default; see README)."""
+
+    entropy_drop_fraction = 0.8
