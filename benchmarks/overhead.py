@@ -52,6 +52,7 @@ EXPECTED_FLOOR = {
     "DualSubnetContrastTrainer_PrintedLambda": 4.0,
     "DualSubnetContrastTrainer_RisingT": 4.0,
     "DualSubnetContrastTrainer_Drop80": 4.0,
+    "DualSubnetContrastTrainer_RampU": 4.0,
 }
 
 

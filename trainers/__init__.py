@@ -18,6 +18,7 @@ from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer_NoProto,
     DualSubnetContrastTrainer_NoReg,
     DualSubnetContrastTrainer_PrintedLambda,
+    DualSubnetContrastTrainer_RampU,
     DualSubnetContrastTrainer_RisingT,
 )
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
@@ -40,6 +41,7 @@ __all__ = [
     "DualSubnetContrastTrainer_NoProto",
     "DualSubnetContrastTrainer_NoReg",
     "DualSubnetContrastTrainer_PrintedLambda",
+    "DualSubnetContrastTrainer_RampU",
     "DualSubnetContrastTrainer_RisingT",
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",

@@ -89,6 +89,8 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
     """
 
     unlabeled_weight: float = 1.0  # lambda_u = 1 (paper, Eq. 8)
+    # lambda_u constant (paper); True = the sigmoid ramp-up to unlabeled_weight (variant _RampU, see README)
+    unlabeled_weight_rampup: bool = False
     regularization_weight: float = 1.0  # L_reg enters L_u with weight 1 (paper, Eq. 2; authors' code: 0.5)
     uses_regularization: bool = True
     uses_prototype_contrast: bool = True
@@ -116,6 +118,7 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
         "loss_reg",
         "loss_contrast",
         "contrast_weight",
+        "unlabeled_weight",
         "threshold",
         "source_b",
         "m_diff_fraction",
@@ -314,7 +317,12 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
             )
 
         loss_u = loss_unsup + self.regularization_weight * loss_reg
-        total = supervised[0] + supervised[1] + self.unlabeled_weight * loss_u + weight_c * loss_contrast
+        weight_u = (
+            self.rampup_weight(self.unlabeled_weight)
+            if self.unlabeled_weight_rampup
+            else self.unlabeled_weight
+        )
+        total = supervised[0] + supervised[1] + weight_u * loss_u + weight_c * loss_contrast
         return total, {
             "loss_sup_a": supervised[0],
             "loss_sup_b": supervised[1],
@@ -322,6 +330,7 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
             "loss_reg": loss_reg,
             "loss_contrast": loss_contrast,
             "contrast_weight": weight_c,
+            "unlabeled_weight": weight_u,
             "threshold": threshold,
             "source_b": float(source),
             "m_diff_fraction": m_diff_fraction,
@@ -379,6 +388,14 @@ class DualSubnetContrastTrainer_RisingT(DualSubnetContrastTrainer):
     the subnets sharpen."""
 
     confidence_threshold_end = 0.9
+
+
+class DualSubnetContrastTrainer_RampU(DualSubnetContrastTrainer):
+    """lambda_u ramped up like lambda_c (``exp(-5 (1 - t/t_max)^2)`` to 1) instead of the paper's constant 1: on
+    short schedules the constant weight lets the early all-background pseudo-labels of the unlabeled patches
+    outweigh the labeled loss (see README, hippocampus demo)."""
+
+    unlabeled_weight_rampup = True
 
 
 class DualSubnetContrastTrainer_Drop80(DualSubnetContrastTrainer):
