@@ -53,6 +53,7 @@ EXPECTED_FLOOR = {
     "DualSubnetContrastTrainer_RisingT": 4.0,
     "DualSubnetContrastTrainer_Drop80": 4.0,
     "DualSubnetContrastTrainer_RampU": 4.0,
+    "DualSubnetContrastTrainer_GlobalEntropy": 4.0,
 }
 
 

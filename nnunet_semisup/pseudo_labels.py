@@ -33,13 +33,28 @@ def voxel_entropy(probabilities: torch.Tensor, eps: float = 1e-10) -> torch.Tens
     return -(p * torch.log(p + eps)).sum(1)
 
 
-def entropy_reliability_mask(probabilities: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-    """Voxel-level entropy filtering: the ``drop_fraction`` of the batch's voxels with the highest entropy are
-    unreliable, the rest reliable. Exactly ``N - floor(drop_fraction * N)`` of the N voxels are kept (ties broken
-    by position), so the kept fraction does not depend on how many voxels share an entropy value.
+def _keep_lowest(values: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+    """(N,) bool: all but the ``floor(drop_fraction * N)`` largest of ``values`` (ties: later positions dropped)."""
+    keep = torch.ones_like(values, dtype=torch.bool)
+    num_dropped = math.floor(drop_fraction * values.numel())
+    if num_dropped > 0:
+        order = torch.sort(values, stable=True).indices
+        keep[order[values.numel() - num_dropped :]] = False
+    return keep
 
-    The fraction is taken over the whole batch (all images together), as the authors' code takes its entropy
-    percentile over the batch.
+
+def entropy_reliability_mask(
+    probabilities: torch.Tensor, drop_fraction: float, per_class: bool = True
+) -> torch.Tensor:
+    """Voxel-level entropy filtering: the ``drop_fraction`` of the voxels with the highest entropy are
+    unreliable, the rest reliable. Exactly ``n - floor(drop_fraction * n)`` of n voxels are kept (ties broken by
+    position), so the kept fraction does not depend on how many voxels share an entropy value.
+
+    ``per_class=True`` ranks the voxels of each predicted class (argmax) separately, over the whole batch: every
+    class keeps the same share of its voxels. ``per_class=False`` ranks all voxels of the batch together, as the
+    authors' code takes one entropy percentile over the batch; with a small foreground (hippocampus: ~3 % of a
+    patch) every foreground voxel is then less certain than the far background and all are dropped, so the
+    pseudo-labels hold background only (see README).
 
     Shapes:
         probabilities: (B, K, *spatial). Returns a (B, *spatial) bool mask, True = reliable (no gradient).
@@ -47,21 +62,25 @@ def entropy_reliability_mask(probabilities: torch.Tensor, drop_fraction: float) 
     if not 0.0 <= drop_fraction < 1.0:
         raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
     with torch.no_grad():
-        entropy = voxel_entropy(probabilities)
-        flat = entropy.flatten()
-        num_dropped = math.floor(drop_fraction * flat.numel())
-        reliable = torch.ones_like(flat, dtype=torch.bool)
-        if num_dropped > 0:
-            # stable sort: among equal entropies the later voxels are dropped first, deterministically
-            order = torch.sort(flat, stable=True).indices
-            reliable[order[flat.numel() - num_dropped :]] = False
-        return reliable.view_as(entropy)
+        entropy = voxel_entropy(probabilities).flatten()
+        if not per_class:
+            return _keep_lowest(entropy, drop_fraction).view(
+                probabilities.shape[:1] + probabilities.shape[2:]
+            )
+        predicted = probabilities.argmax(1).flatten()
+        reliable = torch.zeros_like(entropy, dtype=torch.bool)
+        for k in range(probabilities.shape[1]):
+            members = torch.nonzero(predicted == k, as_tuple=True)[0]
+            if members.numel():
+                reliable[members] = _keep_lowest(entropy[members], drop_fraction)
+        return reliable.view(probabilities.shape[:1] + probabilities.shape[2:])
 
 
 def filtered_pseudo_labels(
-    probabilities: torch.Tensor, drop_fraction: float, ignore_index: int
+    probabilities: torch.Tensor, drop_fraction: float, ignore_index: int, per_class: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard pseudo-labels (argmax) of the labelling subnet, with unreliable voxels set to ``ignore_index``.
+    """Hard pseudo-labels (argmax) of the labelling subnet, with unreliable voxels
+    (:func:`entropy_reliability_mask`) set to ``ignore_index``.
 
     Shapes:
         probabilities: (B, K, *spatial). Returns labels (B, 1, *spatial) long (nnU-Net's target layout) and the
@@ -73,7 +92,7 @@ def filtered_pseudo_labels(
             f"0..{probabilities.shape[1] - 1}"
         )
     with torch.no_grad():
-        reliable = entropy_reliability_mask(probabilities, drop_fraction)
+        reliable = entropy_reliability_mask(probabilities, drop_fraction, per_class)
         labels = probabilities.argmax(1)
         labels = torch.where(reliable, labels, torch.full_like(labels, ignore_index))
         return labels.unsqueeze(1), reliable

@@ -78,16 +78,43 @@ def test_confident_disagreement_rejects_mismatched_shapes():
 
 # ---------------------------------------------------------------------------------------------- entropy filter
 @pytest.mark.parametrize("drop_fraction", [0.0, 0.2, 0.5, 0.37])
-def test_entropy_filter_keeps_the_lowest_entropy_fraction(drop_fraction):
+def test_entropy_filter_keeps_the_lowest_entropy_fraction_of_the_batch(drop_fraction):
     torch.manual_seed(0)
     probs = torch.softmax(3 * torch.randn(2, 4, 5, 6, 7), 1)  # 420 voxels
-    reliable = entropy_reliability_mask(probs, drop_fraction)
+    reliable = entropy_reliability_mask(probs, drop_fraction, per_class=False)
     assert reliable.shape == (2, 5, 6, 7)
     n = reliable.numel()
     assert int(reliable.sum()) == n - math.floor(drop_fraction * n)
     entropy = voxel_entropy(probs)
     if drop_fraction > 0:
         assert entropy[reliable].max() <= entropy[~reliable].min()
+
+
+@pytest.mark.parametrize("drop_fraction", [0.0, 0.2, 0.5, 0.37])
+def test_entropy_filter_keeps_the_lowest_entropy_fraction_of_every_predicted_class(drop_fraction):
+    torch.manual_seed(1)
+    logits = 3 * torch.randn(2, 3, 6, 6, 6)
+    logits[:, 0] += 4  # class 0 dominates, as background does
+    probs = torch.softmax(logits, 1)
+    reliable = entropy_reliability_mask(probs, drop_fraction)  # per class is the default
+    entropy, predicted = voxel_entropy(probs), probs.argmax(1)
+    for k in range(3):
+        members = predicted == k
+        n = int(members.sum())
+        assert n > 0
+        assert int((reliable & members).sum()) == n - math.floor(drop_fraction * n), k
+        if drop_fraction > 0 and n > 1:
+            assert entropy[reliable & members].max() <= entropy[~reliable & members].min(), k
+
+
+def test_per_class_entropy_filter_keeps_a_small_uncertain_foreground():
+    # 90 confident background voxels and 10 less certain foreground voxels: a batch-wide ranking drops all the
+    # foreground (the failure seen on hippocampus), the per-class ranking keeps 80 % of it
+    probs = torch.cat([torch.tensor([0.999, 0.001]).repeat(90, 1), torch.tensor([0.2, 0.8]).repeat(10, 1)])
+    probs = probs.T.unsqueeze(0)  # (1, 2, 100)
+    foreground = probs.argmax(1) == 1
+    assert int((entropy_reliability_mask(probs, 0.2, per_class=False) & foreground).sum()) == 0
+    assert int((entropy_reliability_mask(probs, 0.2) & foreground).sum()) == 8
 
 
 def test_entropy_filter_keeps_the_exact_fraction_with_ties():
@@ -106,7 +133,7 @@ def test_filtered_pseudo_labels_mark_unreliable_voxels_with_the_ignore_index():
     probs = _probs(
         [0.98, 0.01, 0.01], [0.34, 0.33, 0.33], [0.01, 0.01, 0.98], [0.05, 0.9, 0.05], [0.4, 0.5, 0.1]
     )
-    labels, reliable = filtered_pseudo_labels(probs, drop_fraction=0.4, ignore_index=3)
+    labels, reliable = filtered_pseudo_labels(probs, drop_fraction=0.4, ignore_index=3, per_class=False)
     assert labels.shape == (1, 1, 5)
     # the two highest-entropy voxels (1: near uniform, 4: 0.4/0.5/0.1) are dropped
     assert reliable.tolist() == [[True, False, True, True, False]]

@@ -15,6 +15,7 @@ from nnunet_semisup.trainers.dtml import (
 from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer,
     DualSubnetContrastTrainer_Drop80,
+    DualSubnetContrastTrainer_GlobalEntropy,
     DualSubnetContrastTrainer_NoProto,
     DualSubnetContrastTrainer_NoReg,
     DualSubnetContrastTrainer_PrintedLambda,
@@ -38,6 +39,7 @@ __all__ = [
     "DTMLTrainer_LdisLmask",
     "DualSubnetContrastTrainer",
     "DualSubnetContrastTrainer_Drop80",
+    "DualSubnetContrastTrainer_GlobalEntropy",
     "DualSubnetContrastTrainer_NoProto",
     "DualSubnetContrastTrainer_NoReg",
     "DualSubnetContrastTrainer_PrintedLambda",

@@ -104,6 +104,9 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
     confidence_threshold_start: float = 0.6
     confidence_threshold_end: float = 0.6
     entropy_drop_fraction: float = 0.2  # the authors' code: percent=20 (see README for its percentile)
+    # rank entropies within each predicted class (True) or over the whole batch as the authors' code (False;
+    # variant _GlobalEntropy): batch-wide, a small foreground is never reliable (README, hippocampus)
+    entropy_filter_per_class: bool = True
     feature_dim: int = 16  # D; the authors' features are the 16 channels of the last decoder block
     prototype_temperature: float = 1.0  # Eq. 7 as printed: softmax of -distance, no temperature
     prototype_push_weight: float = (
@@ -297,7 +300,10 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
         logits_u = [out[n_labeled:].float() for out in full_resolution]
         probs_u = [torch.softmax(logits, 1) for logits in logits_u]
         pseudo, reliable = filtered_pseudo_labels(
-            probs_u[source].detach(), self.entropy_drop_fraction, self.pseudo_label_ignore_index
+            probs_u[source].detach(),
+            self.entropy_drop_fraction,
+            self.pseudo_label_ignore_index,
+            self.entropy_filter_per_class,
         )
         loss_unsup = sum(self.unlabeled_loss(logits, pseudo) for logits in logits_u)
         loss_reg = torch.zeros((), device=data.device)
@@ -398,8 +404,16 @@ class DualSubnetContrastTrainer_RampU(DualSubnetContrastTrainer):
     unlabeled_weight_rampup = True
 
 
+class DualSubnetContrastTrainer_GlobalEntropy(DualSubnetContrastTrainer):
+    """Entropy filter over all voxels of the batch together, as the authors' code, instead of per predicted
+    class (on the hippocampus demo every foreground voxel was then unreliable; see README)."""
+
+    entropy_filter_per_class = False
+
+
 class DualSubnetContrastTrainer_Drop80(DualSubnetContrastTrainer):
     """The authors' code's reading of its entropy filter: ``np.percentile(entropy, 20)`` with ``entropy >= it``
-    marks the 80 % highest-entropy voxels unreliable (we drop the highest 20 % by default; see README)."""
+    marks the 80 % highest-entropy voxels unreliable (we drop the highest 20 % by default; see README); per
+    class as the default."""
 
     entropy_drop_fraction = 0.8
