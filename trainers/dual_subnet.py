@@ -73,8 +73,9 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
       each subnet clipped on its own.
     - L_s (Eq. 1): nnU-Net's Dice + CE with deep supervision, for both subnets on the labeled patches.
     - L_u (Eq. 2-3): the subnet with the lower L_s on this labeled batch labels the unlabeled patches (argmax);
-      the ``entropy_drop_fraction`` highest-entropy voxels of the batch are unreliable and ignored; Dice + CE of
-      both subnets' full-resolution outputs on the reliable pseudo-labels, ``+ regularization_weight * L_reg``.
+      the ``entropy_drop_fraction`` highest-entropy voxels of each predicted class are unreliable and ignored;
+      Dice + CE of both subnets' full-resolution outputs on the reliable pseudo-labels,
+      ``+ regularization_weight * L_reg``.
     - L_reg (Eq. 4-5): L1 between the two subnets' probabilities where both are confident (max p > T) and
       disagree (argmax differs), T scheduled from ``confidence_threshold_start`` to ``..._end``.
     - L_c (Eq. 6-7): per-voxel features (a 1x1x1 projection of each subnet's last decoder stage, taken with a
