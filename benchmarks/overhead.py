@@ -45,6 +45,15 @@ EXPECTED_FLOOR = {
     "MeanTeacherTrainer_PredictTeacher": 8 / 3,
     "DTMLTrainer": 4.0,  # M_s and M_d fwd+bwd on 2B
     "DTMLTrainer_LabeledOnly": 2.0,  # M_s and M_d fwd+bwd on B
+    # subnets A and B fwd+bwd on labeled + unlabeled (2B each); heads and losses on a bounded voxel sample
+    "DualSubnetContrastTrainer": 4.0,
+    "DualSubnetContrastTrainer_NoReg": 4.0,
+    "DualSubnetContrastTrainer_NoProto": 4.0,
+    "DualSubnetContrastTrainer_PrintedLambda": 4.0,
+    "DualSubnetContrastTrainer_RisingT": 4.0,
+    "DualSubnetContrastTrainer_Drop80": 4.0,
+    "DualSubnetContrastTrainer_RampU": 4.0,
+    "DualSubnetContrastTrainer_GlobalEntropy": 4.0,
 }
 
 

@@ -7,6 +7,7 @@ nnunet-semisup evaluate -ref DIR -pred DIR [-o summary.json]
 nnunet-semisup demo [--work-dir DIR]
 nnunet-semisup self-train -d D -c CONFIG -f FOLD --out-id ID [--confidence T] [--rounds R] ...
 nnunet-semisup predict-dtml -i IN -o OUT -d D -c CONFIG [-tr DTMLTrainer] [-f F ...] [--source dist|average]
+nnunet-semisup predict-dual-subnet -i IN -o OUT -d D -c CONFIG [-tr DualSubnetContrastTrainer] [--source b|average]
 """
 
 from __future__ import annotations
@@ -202,6 +203,39 @@ def _cmd_predict_dtml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
+    import torch
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from nnunet_semisup.dual_subnet_prediction import DualSubnetPredictor
+
+    model_folder = get_output_folder(_resolve_dataset(args.d), args.tr, args.p, args.c)
+    if not os.path.isdir(model_folder):
+        raise SystemExit(f"nnunet-semisup predict-dual-subnet: no trained model in {model_folder}")
+    folds = [f if f == "all" else int(f) for f in args.f] if args.f else None
+    predictor = DualSubnetPredictor(
+        tile_step_size=args.step_size,
+        use_mirroring=not args.disable_tta,
+        device=torch.device(args.device),
+        allow_tqdm=False,
+        source=args.source,
+    )
+    try:
+        predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+    except ValueError as e:  # not a dual-subnet model: say so, no traceback
+        print(f"nnunet-semisup predict-dual-subnet: error: {e}", file=sys.stderr)
+        return 2
+    predictor.predict_from_files(
+        args.i,
+        args.o,
+        save_probabilities=args.save_probabilities,
+        overwrite=True,
+        num_processes_preprocessing=args.npp,
+        num_processes_segmentation_export=args.nps,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnunet-semisup`` argument parser (one sub-command per verb)."""
     parser = argparse.ArgumentParser(prog="nnunet-semisup", description=__doc__.split("\n\n")[0])
@@ -336,6 +370,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
     p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
     p.set_defaults(func=_cmd_predict_dtml)
+
+    p = sub.add_parser(
+        "predict-dual-subnet",
+        help="predict with a DualSubnetContrastTrainer model's subnet B (or the mean of both subnets)",
+        description="nnUNetv2_predict for DualSubnetContrastTrainer models with subnet B (--source b) or the mean "
+        "of both subnets' probabilities (--source average); nnUNetv2_predict itself predicts with subnet A.",
+    )
+    p.add_argument("-i", required=True, help="input folder (nnU-Net naming, as for nnUNetv2_predict)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    p.add_argument(
+        "-tr", default="DualSubnetContrastTrainer", help="trainer name (default: DualSubnetContrastTrainer)"
+    )
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-f", nargs="+", help="folds (default: all folds found)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
+    p.add_argument("--source", choices=("b", "average"), default="average", help="default: average")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
+    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
+    p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
+    p.set_defaults(func=_cmd_predict_dual_subnet)
     return parser
 
 

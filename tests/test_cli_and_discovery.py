@@ -97,6 +97,8 @@ def find_trainer():
         ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher"),
         ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher"),
         ("LabeledOnlyTrainer", "nnunet_semisup.trainers.labeled_only"),
+        ("DualSubnetContrastTrainer", "nnunet_semisup.trainers.dual_subnet"),
+        ("DualSubnetContrastTrainer_NoProto", "nnunet_semisup.trainers.dual_subnet"),
     ],
 )
 def test_nnunet_trainer_search_finds_our_classes_with_real_module_path(find_trainer, name, module):

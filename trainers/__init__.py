@@ -12,6 +12,16 @@ from nnunet_semisup.trainers.dtml import (
     DTMLTrainer_Ldis,
     DTMLTrainer_LdisLmask,
 )
+from nnunet_semisup.trainers.dual_subnet import (
+    DualSubnetContrastTrainer,
+    DualSubnetContrastTrainer_Drop80,
+    DualSubnetContrastTrainer_GlobalEntropy,
+    DualSubnetContrastTrainer_NoProto,
+    DualSubnetContrastTrainer_NoReg,
+    DualSubnetContrastTrainer_PrintedLambda,
+    DualSubnetContrastTrainer_RampU,
+    DualSubnetContrastTrainer_RisingT,
+)
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
 from nnunet_semisup.trainers.secl import (
@@ -27,6 +37,14 @@ __all__ = [
     "DTMLTrainer_LabeledOnly",
     "DTMLTrainer_Ldis",
     "DTMLTrainer_LdisLmask",
+    "DualSubnetContrastTrainer",
+    "DualSubnetContrastTrainer_Drop80",
+    "DualSubnetContrastTrainer_GlobalEntropy",
+    "DualSubnetContrastTrainer_NoProto",
+    "DualSubnetContrastTrainer_NoReg",
+    "DualSubnetContrastTrainer_PrintedLambda",
+    "DualSubnetContrastTrainer_RampU",
+    "DualSubnetContrastTrainer_RisingT",
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",
