@@ -435,7 +435,7 @@ def validate_plan(plan: dict, shapes: dict[str, Sequence[int]] | None = None) ->
                     f"case {case}, plane {p}: slice indices {bad} outside [0, {shape[PLANE_AXIS[p]]})"
                 )
     if shapes is not None:
-        missing = sorted(set(shapes) - set(plan["cases"]))
+        missing = sorted(str(c) for c in set(shapes) - set(plan["cases"]))
         if missing:
             raise SelectionError(f"the plan has no slices for training case(s) {missing}")
 

@@ -52,6 +52,72 @@ def _cmd_select_slices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sparsify(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_semisup.sparsify import SparsifyError, sparsify_dataset
+
+    source = _raw_dataset_folder(args.d)
+    with open(args.plan) as f:
+        plan = json.load(f)
+    name = (
+        args.name
+        or f"{os.path.basename(source).split('_', 1)[-1]}Sparse{plan['strategy'].upper()}{plan['budget']}"
+    )
+    try:
+        out = sparsify_dataset(
+            source,
+            plan,
+            args.raw_dir or nnUNet_raw.require(),
+            args.out_id,
+            name,
+            args.link,
+            not args.no_progress,
+        )
+    except (SparsifyError, OSError) as e:
+        print(f"nnunet-semisup sparsify: error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(out, "dataset.json")) as f:
+        print(f"Wrote {out}: {json.load(f)['description']}")
+    print(f"Next: nnUNetv2_plan_and_preprocess -d {args.out_id} -c 3d_fullres")
+    return 0
+
+
+def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_semisup.pseudo_labels import (
+        PseudoLabelError,
+        input_cases,
+        predict_pseudo_label_sets,
+        write_fused_dataset,
+    )
+
+    folder = _raw_dataset_folder(args.d)
+    dataset = os.path.basename(folder)
+    with open(os.path.join(folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    try:
+        cases = input_cases(folder, dataset_json, ("imagesTr", "imagesUnlabeled"))
+        out = args.o or os.path.join(os.environ.get("nnUNet_results", "."), dataset, "pseudo_labels")
+        predict_pseudo_label_sets(
+            dataset, cases, out, args.c, args.p, args.tr2d, args.tr3d, args.f, args.device, args.disable_tta,
+            args.np, not args.no_progress,
+        )  # fmt: skip
+        print(f"Pseudo-label sets {', '.join(('3d', 'xy', 'xz', 'yz'))} and their average A(Y^) of {len(cases)} "
+              f"cases: {out}")  # fmt: skip
+        if args.fused_id is not None:
+            name = args.fused_name or f"{dataset.split('_', 1)[-1]}Fused"
+            target = write_fused_dataset(folder, out, nnUNet_raw.require(), args.fused_id, name)
+            print(
+                f"Fused pseudo-label dataset: {target}\nNext: nnUNetv2_plan_and_preprocess -d {args.fused_id}"
+            )
+    except PseudoLabelError as e:
+        print(f"nnunet-semisup pseudo-labels: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the sparsification sub-commands to ``nnunet-semisup``'s sub-parsers."""
     p = sub.add_parser(
@@ -73,3 +139,47 @@ def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_select_slices)
+
+    p = sub.add_parser(
+        "sparsify",
+        help="new raw dataset where only the planned slices keep their labels (rest: nnU-Net's ignore label)",
+        description="For benchmarking annotation sparsification from dense labels: copies dataset D's images "
+        "(and imagesTs, labelsTs, imagesUnlabeled) into Dataset<out-id>_<name>; labelsTr keep their labels on the "
+        "planned xy, xz and yz slices only, every other voxel is the ignore label (dataset.json 'ignore' = highest "
+        "label + 1). D is never modified; an existing dataset id is refused.",
+    )
+    p.add_argument("-d", required=True, help="dense source dataset: name, id or folder")
+    p.add_argument("--plan", required=True, help="annotation plan from select-slices")
+    p.add_argument("--out-id", type=int, required=True, help="id of the new dataset")
+    p.add_argument("--name", help="name of the new dataset (default: <source name>Sparse<STRATEGY><budget>)")
+    p.add_argument("--raw-dir", help="nnUNet_raw folder to write into (default: $nnUNet_raw)")
+    p.add_argument("--link", action="store_true", help="symlink images instead of copying them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sparsify)
+
+    p = sub.add_parser(
+        "pseudo-labels",
+        help="four pseudo-label sets (2D model along xy, xz, yz + 3D model) and their average A(Y^)",
+        description="Predicts every training (imagesTr) and unlabeled (imagesUnlabeled) case of the sparse dataset D "
+        "with the 3D base model and the SparseMultiPlane2DTrainer model along each plane; writes OUT/{3d,xy,xz,yz}/ "
+        "and OUT/average/ (A(Y^) probabilities + argmax). Finished sets are skipped on a rerun. With --fused-id "
+        "also writes the simple variant's dataset: labels = argmax A(Y^) with the annotated voxels kept.",
+    )
+    p.add_argument(
+        "-d", required=True, help="sparse dataset (name, id or folder) the base models were trained on"
+    )
+    p.add_argument("-c", default="3d_fullres", help="configuration of both base models (default: 3d_fullres)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds of the base models (default: 0)")
+    p.add_argument("--tr2d", default="SparseMultiPlane2DTrainer", help="2D base model trainer")
+    p.add_argument(
+        "--tr3d", default="LabeledOnlyTrainer", help="3D base model trainer (default: LabeledOnlyTrainer)"
+    )
+    p.add_argument("-o", help="output folder (default: $nnUNet_results/<dataset>/pseudo_labels)")
+    p.add_argument("--fused-id", type=int, help="also write the fused pseudo-label dataset with this id")
+    p.add_argument("--fused-name", help="name of the fused dataset (default: <name>Fused)")
+    p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
+    p.add_argument("--disable_tta", "--disable-tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("-np", type=int, default=1, help="pre/post-processing workers (default: 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_pseudo_labels)

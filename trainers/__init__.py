@@ -21,6 +21,7 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_NoContrast,
     SECLTrainer_RACS,
 )
+from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
 
 __all__ = [
     "DTMLTrainer",
@@ -36,4 +37,5 @@ __all__ = [
     "SECLTrainer_alpha0",
     "SECLTrainer_alpha099",
     "SemiSupervisedTrainer",
+    "SparseMultiPlane2DTrainer",
 ]
