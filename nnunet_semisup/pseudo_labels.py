@@ -243,3 +243,221 @@ def write_fused_dataset(
     with open(os.path.join(target, "dataset.json"), "w") as f:
         json.dump(new_json, f, indent=1)
     return target
+
+
+def nearest_pseudo_label_set(logits, sets):
+    """Nearest-neighbour fit: per sample, the pseudo-label set closest to the current output by cross-entropy.
+
+    Args:
+        logits: (B, K, *spatial) network output.
+        sets: (B, S, *spatial) the S pseudo-label sets as class indices (float or int).
+
+    Returns:
+        (B,) long tensor, the index of the set with the lowest mean voxel cross-entropy ``CE(logits, set)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if logits.shape[0] != sets.shape[0] or logits.shape[2:] != sets.shape[2:]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and sets {tuple(sets.shape)} differ in batch or space"
+        )
+    log_p = F.log_softmax(logits.float(), 1)
+    ce = torch.stack(
+        [-log_p.gather(1, sets[:, s : s + 1].long()).flatten(1).mean(1) for s in range(sets.shape[1])], 1
+    )  # (B, S)
+    return ce.argmin(1)
+
+
+META_CHANNEL_NAME = "noNorm"
+
+
+def write_meta_dataset(sparse_raw_folder: str, pseudo_dir: str, raw_root: str, out_id: int, name: str) -> str:
+    """The meta dataset of :class:`~nnunet_semisup.trainers.meta.SelfTrainingMetaTrainer`.
+
+    Per case (training and unlabeled): channels ``_0000``.. = the image's own channels (symlinked), then K float
+    channels of A(Y^), then the four pseudo-label sets (3d, xy, xz, yz) as label-valued channels (all named
+    ``noNorm``: nnU-Net leaves their values alone); label = the sparse annotation (all ignore for unlabeled cases).
+    imagesTs/labelsTs are carried over (their extra channels are made by ``predict-sparse``).
+    """
+    import glob
+
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    existing = sorted(glob.glob(os.path.join(raw_root, f"Dataset{out_id:03d}_*")))
+    if existing:
+        raise PseudoLabelError(f"dataset id {out_id} is taken by {existing[0]}: choose another --meta-id")
+    with open(os.path.join(sparse_raw_folder, "dataset.json")) as f:
+        sparse_json = json.load(f)
+    ignore = sparse_json["labels"].get("ignore")
+    if ignore is None:
+        raise PseudoLabelError(f"{sparse_raw_folder}/dataset.json has no ignore label: not a sparse dataset")
+    ending = sparse_json["file_ending"]
+    cases = input_cases(sparse_raw_folder, sparse_json, ("imagesTr", "imagesUnlabeled"))
+    target = os.path.join(raw_root, f"Dataset{out_id:03d}_{name}")
+    os.makedirs(os.path.join(target, "imagesTr"))
+    os.makedirs(os.path.join(target, "labelsTr"))
+    rw = determine_reader_writer_from_dataset_json(sparse_json, cases[next(iter(cases))][0], verbose=False)()
+    num_classes = None
+    for case, files in cases.items():
+        num_classes = write_meta_inputs(case, files, pseudo_dir, os.path.join(target, "imagesTr"), ending, rw)
+        sparse_file = os.path.join(sparse_raw_folder, "labelsTr", case + ending)
+        if os.path.isfile(sparse_file):
+            os.symlink(os.path.realpath(sparse_file), os.path.join(target, "labelsTr", case + ending))
+        else:
+            image, properties = rw.read_images(files[:1])
+            rw.write_seg(
+                np.full(image.shape[1:], ignore, np.uint8),
+                os.path.join(target, "labelsTr", case + ending),
+                properties,
+            )
+    for folder in ("imagesTs", "labelsTs"):
+        src = os.path.join(sparse_raw_folder, folder)
+        if os.path.isdir(src):
+            os.symlink(os.path.realpath(src), os.path.join(target, folder))
+    channels = dict(sparse_json["channel_names"])
+    n = len(channels)
+    for i in range(num_classes + len(SOURCES)):
+        channels[str(n + i)] = META_CHANNEL_NAME
+    new_json = {k: v for k, v in sparse_json.items() if k not in ("numUnlabeled", "description")}
+    new_json.update(
+        channel_names=channels,
+        numTraining=len(cases),
+        name=name,
+        description=f"Meta dataset of {os.path.basename(sparse_raw_folder)}: image, A(Y^) ({num_classes} channels), "
+        f"pseudo-label sets {', '.join(SOURCES)} (nnunet-semisup pseudo-labels --meta-id)",
+        semisup_meta={"image_channels": n, "num_classes": num_classes, "sets": list(SOURCES)},
+    )
+    with open(os.path.join(target, "dataset.json"), "w") as f:
+        json.dump(new_json, f, indent=1)
+    return target
+
+
+def write_meta_inputs(case: str, files: list[str], pseudo_dir: str, out_folder: str, ending: str, rw) -> int:
+    """Write one case's meta-model input channels into ``out_folder`` (see :func:`write_meta_dataset`).
+    Returns K, the number of classes of A(Y^)."""
+    for image in files:
+        os.symlink(os.path.realpath(image), os.path.join(out_folder, os.path.basename(image)))
+    _, properties = rw.read_seg(os.path.join(pseudo_dir, "3d", case + ending))
+    with np.load(os.path.join(pseudo_dir, "average", case + ".npz")) as npz:
+        average = npz["probabilities"]
+    channel = len(files)
+    for k in range(average.shape[0]):
+        rw.write_seg(
+            average[k].astype(np.float32),
+            os.path.join(out_folder, f"{case}_{channel:04d}{ending}"),
+            properties,
+        )
+        channel += 1
+    for source in SOURCES:
+        seg, _ = rw.read_seg(os.path.join(pseudo_dir, source, case + ending))
+        rw.write_seg(
+            seg[0].astype(np.float32), os.path.join(out_folder, f"{case}_{channel:04d}{ending}"), properties
+        )
+        channel += 1
+    return int(average.shape[0])
+
+
+def meta_plans(source_plans: dict, dataset_name: str, extra_channels: int) -> dict:
+    """The sparse dataset's plans for its meta dataset: same configurations, with ``extra_channels`` more input
+    channels that are not normalized (NoNormalization, no mask)."""
+    import copy
+
+    plans = copy.deepcopy(source_plans)
+    plans["dataset_name"] = dataset_name
+    for config in plans["configurations"].values():
+        if "normalization_schemes" in config:
+            config["normalization_schemes"] = (
+                config["normalization_schemes"] + ["NoNormalization"] * extra_channels
+            )
+            config["use_mask_for_norm"] = config["use_mask_for_norm"] + [False] * extra_channels
+    props = plans.get("foreground_intensity_properties_per_channel", {})
+    n = len(props)
+    for i in range(extra_channels):
+        props[str(n + i)] = dict(props.get("0", {}))
+    return plans
+
+
+def prepare_meta_plans(sparse_dataset: str, meta_folder: str, plans: str, preprocessed_root: str) -> str:
+    """Write the meta dataset's plans (``meta_plans`` of the sparse dataset's ``plans``), dataset.json and
+    fingerprint into ``nnUNet_preprocessed``, ready for ``nnUNetv2_preprocess``. Returns the plans file."""
+    import shutil
+
+    src = os.path.join(preprocessed_root, sparse_dataset)
+    plans_file = os.path.join(src, plans + ".json")
+    if not os.path.isfile(plans_file):
+        raise PseudoLabelError(f"{plans_file} not found: plan and preprocess the sparse dataset first")
+    with open(plans_file) as f:
+        source_plans = json.load(f)
+    with open(os.path.join(meta_folder, "dataset.json")) as f:
+        meta_json = json.load(f)
+    name = os.path.basename(meta_folder)
+    extra = len(meta_json["channel_names"]) - meta_json["semisup_meta"]["image_channels"]
+    dst = os.path.join(preprocessed_root, name)
+    os.makedirs(dst, exist_ok=True)
+    with open(os.path.join(dst, plans + ".json"), "w") as f:
+        json.dump(meta_plans(source_plans, name, extra), f, indent=1)
+    shutil.copyfile(os.path.join(meta_folder, "dataset.json"), os.path.join(dst, "dataset.json"))
+    shutil.copyfile(
+        os.path.join(src, "dataset_fingerprint.json"), os.path.join(dst, "dataset_fingerprint.json")
+    )
+    return os.path.join(dst, plans + ".json")
+
+
+def predict_sparse_cascade(
+    input_folder: str,
+    output_folder: str,
+    sparse_dataset: str,
+    meta_dataset: str,
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    folds: Sequence[str] = ("0",),
+    trainer_2d: str = "SparseMultiPlane2DTrainer",
+    trainer_3d: str = "LabeledOnlyTrainer",
+    trainer_meta: str = "SelfTrainingMetaTrainer",
+    device: str = "cuda",
+    disable_tta: bool = False,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> str:
+    """The cascade on new images: base models (2D along xy, xz, yz; 3D) -> A(Y^) -> meta-model.
+
+    Intermediate results go to ``output_folder/cascade/`` (pseudo-label sets, meta inputs); the meta-model's
+    segmentations to ``output_folder/CASE<ending>``. Returns the output folder.
+    """
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    meta_model = get_output_folder(meta_dataset, trainer_meta, plans, configuration)
+    if not os.path.isdir(meta_model):
+        raise PseudoLabelError(
+            f"no trained meta-model in {meta_model}: train {trainer_meta} on {meta_dataset}"
+        )
+    with open(os.path.join(meta_model, "dataset.json")) as f:
+        meta_json = json.load(f)
+    ending = meta_json["file_ending"]
+    input_folder = os.path.abspath(input_folder)
+    cases = input_cases(os.path.dirname(input_folder), meta_json, (os.path.basename(input_folder),))
+    if not cases:
+        raise PseudoLabelError(f"no images named CASE_0000{ending} in {input_folder}")
+    work = os.path.join(output_folder, "cascade")
+    pseudo_dir = os.path.join(work, "pseudo_labels")
+    predict_pseudo_label_sets(
+        sparse_dataset, cases, pseudo_dir, configuration, plans, trainer_2d, trainer_3d, folds, device, disable_tta,
+        num_processes, progress,
+    )  # fmt: skip
+    meta_inputs = os.path.join(work, "meta_inputs")
+    if os.path.isdir(meta_inputs):
+        import shutil
+
+        shutil.rmtree(meta_inputs)
+    os.makedirs(meta_inputs)
+    rw = determine_reader_writer_from_dataset_json(meta_json, cases[next(iter(cases))][0], verbose=False)()
+    for case, files in cases.items():
+        write_meta_inputs(case, files, pseudo_dir, meta_inputs, ending, rw)
+    predictor = _predictor(meta_model, [f if f == "all" else int(f) for f in folds], device, disable_tta)
+    predictor.predict_from_files(
+        meta_inputs, output_folder, save_probabilities=False, overwrite=True,
+        num_processes_preprocessing=num_processes, num_processes_segmentation_export=num_processes,
+    )  # fmt: skip
+    return output_folder

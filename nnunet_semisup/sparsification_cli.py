@@ -118,6 +118,22 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict_sparse(args: argparse.Namespace) -> int:
+    from nnunet_semisup.cli import _resolve_dataset
+    from nnunet_semisup.pseudo_labels import PseudoLabelError, predict_sparse_cascade
+
+    try:
+        predict_sparse_cascade(
+            args.i, args.o, _resolve_dataset(args.d), _resolve_dataset(args.meta_d), args.c, args.p, args.f,
+            args.tr2d, args.tr3d, args.tr_meta, args.device, args.disable_tta, args.np, not args.no_progress,
+        )  # fmt: skip
+    except PseudoLabelError as e:
+        print(f"nnunet-semisup predict-sparse: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Segmentations: {args.o}")
+    return 0
+
+
 def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the sparsification sub-commands to ``nnunet-semisup``'s sub-parsers."""
     p = sub.add_parser(
@@ -178,8 +194,36 @@ def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", help="output folder (default: $nnUNet_results/<dataset>/pseudo_labels)")
     p.add_argument("--fused-id", type=int, help="also write the fused pseudo-label dataset with this id")
     p.add_argument("--fused-name", help="name of the fused dataset (default: <name>Fused)")
+    p.add_argument(
+        "--meta-id", type=int, help="also write the meta-model's dataset (SelfTrainingMetaTrainer)"
+    )
+    p.add_argument("--meta-name", help="name of the meta dataset (default: <name>Meta)")
+    _device_args(p)
+    p.set_defaults(func=_cmd_pseudo_labels)
+
+    p = sub.add_parser(
+        "predict-sparse",
+        help="the cascade on new images: base models -> A(Y^) -> SelfTrainingMetaTrainer model",
+        description="Runs the 3D and the 2D (xy, xz, yz) base models of sparse dataset D on the images of -i, "
+        "averages their probabilities (A(Y^)) and segments with the meta-model trained on the meta dataset. "
+        "Intermediate results are kept in OUT/cascade/.",
+    )
+    p.add_argument("-i", required=True, help="input folder (nnU-Net naming CASE_0000.nii.gz)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="sparse dataset of the base models (name or id)")
+    p.add_argument("--meta-d", required=True, help="meta dataset of the meta-model (name or id)")
+    p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds of all models (default: 0)")
+    p.add_argument("--tr2d", default="SparseMultiPlane2DTrainer")
+    p.add_argument("--tr3d", default="LabeledOnlyTrainer")
+    p.add_argument("--tr-meta", default="SelfTrainingMetaTrainer")
+    _device_args(p)
+    p.set_defaults(func=_cmd_predict_sparse)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
     p.add_argument("--disable_tta", "--disable-tta", action="store_true", help="no test-time mirroring")
     p.add_argument("-np", type=int, default=1, help="pre/post-processing workers (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_pseudo_labels)

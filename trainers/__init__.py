@@ -14,6 +14,7 @@ from nnunet_semisup.trainers.dtml import (
 )
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
+from nnunet_semisup.trainers.meta import SelfTrainingMetaTrainer, SelfTrainingMetaTrainer_Stage1Only
 from nnunet_semisup.trainers.secl import (
     SECLTrainer,
     SECLTrainer_alpha0,
@@ -36,6 +37,8 @@ __all__ = [
     "SECLTrainer_RACS",
     "SECLTrainer_alpha0",
     "SECLTrainer_alpha099",
+    "SelfTrainingMetaTrainer",
+    "SelfTrainingMetaTrainer_Stage1Only",
     "SemiSupervisedTrainer",
     "SparseMultiPlane2DTrainer",
 ]
