@@ -335,25 +335,28 @@ def write_meta_dataset(sparse_raw_folder: str, pseudo_dir: str, raw_root: str, o
 
 def write_meta_inputs(case: str, files: list[str], pseudo_dir: str, out_folder: str, ending: str, rw) -> int:
     """Write one case's meta-model input channels into ``out_folder`` (see :func:`write_meta_dataset`).
-    Returns K, the number of classes of A(Y^)."""
+    The extra channels are written with SimpleITK in the first image's geometry (images SimpleITK can read;
+    nnU-Net's ``write_seg`` would cast the probabilities to uint8). Returns K, the number of classes of A(Y^)."""
+    import SimpleITK as sitk
+
     for image in files:
         os.symlink(os.path.realpath(image), os.path.join(out_folder, os.path.basename(image)))
-    _, properties = rw.read_seg(os.path.join(pseudo_dir, "3d", case + ending))
+    reference = sitk.ReadImage(files[0])
+
+    def write(array: np.ndarray, channel: int) -> None:
+        out = sitk.GetImageFromArray(array.astype(np.float32))
+        out.CopyInformation(reference)
+        sitk.WriteImage(out, os.path.join(out_folder, f"{case}_{channel:04d}{ending}"), True)
+
     with np.load(os.path.join(pseudo_dir, "average", case + ".npz")) as npz:
         average = npz["probabilities"]
     channel = len(files)
     for k in range(average.shape[0]):
-        rw.write_seg(
-            average[k].astype(np.float32),
-            os.path.join(out_folder, f"{case}_{channel:04d}{ending}"),
-            properties,
-        )
+        write(average[k], channel)
         channel += 1
     for source in SOURCES:
         seg, _ = rw.read_seg(os.path.join(pseudo_dir, source, case + ending))
-        rw.write_seg(
-            seg[0].astype(np.float32), os.path.join(out_folder, f"{case}_{channel:04d}{ending}"), properties
-        )
+        write(seg[0], channel)
         channel += 1
     return int(average.shape[0])
 
