@@ -112,6 +112,19 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
             print(
                 f"Fused pseudo-label dataset: {target}\nNext: nnUNetv2_plan_and_preprocess -d {args.fused_id}"
             )
+        if args.meta_id is not None:
+            from nnunetv2.paths import nnUNet_preprocessed
+
+            from nnunet_semisup.pseudo_labels import prepare_meta_plans, write_meta_dataset
+
+            name = args.meta_name or f"{dataset.split('_', 1)[-1]}Meta"
+            target = write_meta_dataset(folder, out, nnUNet_raw.require(), args.meta_id, name)
+            prepare_meta_plans(dataset, target, args.p, nnUNet_preprocessed.require())
+            print(
+                f"Meta dataset: {target} (plans {args.p} of {dataset}, extended)\nNext: nnUNetv2_preprocess -d "
+                f"{args.meta_id} -plans_name {args.p} -c {args.c}; nnUNetv2_train {args.meta_id} {args.c} FOLD "
+                f"-p {args.p} -tr SelfTrainingMetaTrainer"
+            )
     except PseudoLabelError as e:
         print(f"nnunet-semisup pseudo-labels: error: {e}", file=sys.stderr)
         return 2
