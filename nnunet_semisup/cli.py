@@ -8,6 +8,9 @@ nnunet-semisup demo [--work-dir DIR]
 nnunet-semisup self-train -d D -c CONFIG -f FOLD --out-id ID [--confidence T] [--rounds R] ...
 nnunet-semisup predict-dtml -i IN -o OUT -d D -c CONFIG [-tr DTMLTrainer] [-f F ...] [--source dist|average]
 nnunet-semisup predict-dual-subnet -i IN -o OUT -d D -c CONFIG [-tr DualSubnetContrastTrainer] [--source b|average]
+nnunet-semisup select-slices -d D --budget K [--strategy ra|eia] [-o plan.json]
+nnunet-semisup sparsify -d D --plan plan.json --out-id ID
+nnunet-semisup pseudo-labels / predict-sparse (see nnunet_semisup/sparsification_cli.py)
 """
 
 from __future__ import annotations
@@ -395,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
     p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
     p.set_defaults(func=_cmd_predict_dual_subnet)
+
+    # annotation sparsification (select-slices, sparsify, pseudo-labels, predict-sparse)
+    from nnunet_semisup.sparsification_cli import add_sparsification_parsers
+
+    add_sparsification_parsers(sub)
     return parser
 
 

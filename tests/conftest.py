@@ -180,3 +180,23 @@ def random_batch():
         return {"data": torch.randn(2, 1, *patch, generator=generator), "target": targets}
 
     return make
+
+
+SPARSE_TINY_ID = 520
+SPARSE_TINY_NAME = "Dataset520_TinySparse"
+
+
+@pytest.fixture(scope="session")
+def sparse_tiny_dataset(tiny_dataset) -> ConsoleRunner:
+    """Dataset520_TinySparse: Dataset501_Tiny's labels kept on an equal-interval plan of one slice in 8 per plane
+    (4 xy, 4 xz, 4 yz slices of each 32^3 case), the rest nnU-Net's ignore label 3; made with ``nnunet-semisup
+    select-slices`` + ``sparsify`` and planned/preprocessed with ``nnUNetv2_plan_and_preprocess``. The plan is
+    ``root/plan_eia_s8.json``."""
+    runner = tiny_dataset
+    plan = runner.root / "plan_eia_s8.json"
+    runner("nnunet-semisup", "select-slices", "-d", str(TINY_DATASET_ID), "--budget", "8", "--strategy", "eia",
+           "-o", str(plan), "--no-progress")  # fmt: skip
+    runner("nnunet-semisup", "sparsify", "-d", str(TINY_DATASET_ID), "--plan", str(plan), "--out-id",
+           str(SPARSE_TINY_ID), "--name", "TinySparse", "--no-progress")  # fmt: skip
+    runner("nnUNetv2_plan_and_preprocess", "-d", str(SPARSE_TINY_ID), "-c", "3d_fullres", "-np", "1")
+    return runner

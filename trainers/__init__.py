@@ -24,6 +24,7 @@ from nnunet_semisup.trainers.dual_subnet import (
 )
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
+from nnunet_semisup.trainers.meta import SelfTrainingMetaTrainer, SelfTrainingMetaTrainer_Stage1Only
 from nnunet_semisup.trainers.secl import (
     SECLTrainer,
     SECLTrainer_alpha0,
@@ -31,6 +32,7 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_NoContrast,
     SECLTrainer_RACS,
 )
+from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
 
 __all__ = [
     "DTMLTrainer",
@@ -53,5 +55,8 @@ __all__ = [
     "SECLTrainer_RACS",
     "SECLTrainer_alpha0",
     "SECLTrainer_alpha099",
+    "SelfTrainingMetaTrainer",
+    "SelfTrainingMetaTrainer_Stage1Only",
     "SemiSupervisedTrainer",
+    "SparseMultiPlane2DTrainer",
 ]

@@ -1,0 +1,265 @@
+"""``SparseMultiPlane2DTrainer``: the 2D base model of annotation sparsification (Zheng et al., AAAI 2020, Eq. 1).
+
+Design: the trainer reads the dataset's **3d_fullres** preprocessed data (same spacing and normalization as the
+3D base model, no extra planner or preprocessing) and trains a 2D U-Net on slices of it. Each iteration picks a
+random plane (xy, xz or yz); each sample of the batch a random case and a random *annotated* slice of that plane,
+and a 2D patch around an annotated voxel of the slice (Eq. 1: one 2D model for all three planes). Unannotated
+voxels carry nnU-Net's ignore label and are masked out of the loss by nnU-Net's own ``DC_and_CE_loss``.
+
+``self.network`` is a :class:`SliceWiseNetwork`: it applies the 2D U-Net to every slice of a 3D input along
+``plane_axis``, so ``nnUNetv2_predict -tr SparseMultiPlane2DTrainer`` works unchanged (xy plane) and
+``nnunet-semisup pseudo-labels`` predicts along each plane by setting ``plane_axis``.
+
+Run with ``nnUNetv2_train D 3d_fullres FOLD -tr SparseMultiPlane2DTrainer`` on a dataset with sparse labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from torch import nn
+
+from nnunet_semisup.selection import PLANE_AXIS, PLANES
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+
+
+def network_axis(plane: str, transpose_forward: list[int]) -> int:
+    """Spatial axis of the network's (transposed) input that slices of raw ``plane`` fix.
+
+    nnU-Net's preprocessing transposes the raw (A0, A1, A2) array by ``transpose_forward``; the raw axis
+    ``PLANE_AXIS[plane]`` ends up at position ``transpose_forward.index(PLANE_AXIS[plane])``.
+    """
+    return list(transpose_forward).index(PLANE_AXIS[plane])
+
+
+class SliceWiseNetwork(nn.Module):
+    """A 2D segmentation network applied slice by slice to 3D inputs.
+
+    - 4D input (B, C, H, W): the 2D network itself (training).
+    - 5D input (B, C, A0, A1, A2): every slice along spatial axis ``plane_axis`` (0, 1 or 2) is segmented, the
+      in-plane size padded to a multiple of ``divisor`` and cropped back; output (B, K, A0, A1, A2) logits in the
+      input's axis order (the slice axis moved back where it was).
+    """
+
+    def __init__(self, net2d: nn.Module, divisor: tuple[int, int], plane_axis: int = 0):
+        super().__init__()
+        self.net2d = net2d
+        self.divisor = tuple(int(d) for d in divisor)
+        self.plane_axis = plane_axis
+
+    @property
+    def decoder(self) -> nn.Module:  # nnU-Net toggles deep supervision through network.decoder
+        return self.net2d.decoder
+
+    def forward_2d(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """(N, C, H, W) -> logits (N, K, H, W) (a list per scale with deep supervision), padding to ``divisor``."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.divisor[0], (-w) % self.divisor[1]
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        out = self.net2d(x)
+        if ph or pw:
+            crop = lambda t: t[..., : t.shape[-2] * h // (h + ph), : t.shape[-1] * w // (w + pw)]  # noqa: E731
+            out = [crop(t) for t in out] if isinstance(out, (list, tuple)) else crop(out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if x.ndim == 4:
+            return self.forward_2d(x)
+        if x.ndim != 5:
+            raise ValueError(
+                f"SliceWiseNetwork expects (B, C, H, W) or (B, C, A0, A1, A2), got {tuple(x.shape)}"
+            )
+        axis = 2 + self.plane_axis
+        moved = x.movedim(axis, 1)  # (B, D, C, h, w)
+        b, d = moved.shape[:2]
+        out = self.forward_2d(moved.reshape(b * d, *moved.shape[2:]))
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return out.reshape(b, d, *out.shape[1:]).movedim(1, axis)
+
+
+def plainconv_unet_2d(arch_kwargs: dict, input_channels: int, num_classes: int, deep_supervision: bool):
+    """A 2D ``PlainConvUNet`` with the 3D plans' stages, features and convolutions per stage.
+
+    One 2D network serves all three planes, so every stage uses a 3x3 kernel and, in both in-plane directions,
+    the largest of the 3D stride's components (anisotropic plans pool some axes later; here all pool together).
+    Returns (network, divisor) where divisor is the product of the strides (input sizes are padded to it).
+    """
+    strides = [[max(s)] * 2 if isinstance(s, (list, tuple)) else [s, s] for s in arch_kwargs["strides"]]
+    kwargs = dict(
+        n_stages=arch_kwargs["n_stages"],
+        features_per_stage=arch_kwargs["features_per_stage"],
+        conv_op=nn.Conv2d,
+        kernel_sizes=[[3, 3]] * arch_kwargs["n_stages"],
+        strides=strides,
+        n_conv_per_stage=arch_kwargs["n_conv_per_stage"],
+        n_conv_per_stage_decoder=arch_kwargs["n_conv_per_stage_decoder"],
+        conv_bias=arch_kwargs.get("conv_bias", True),
+        norm_op=nn.InstanceNorm2d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+    )
+    net = PlainConvUNet(input_channels, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs)
+    divisor = int(np.prod([s[0] for s in strides]))
+    return net, (divisor, divisor)
+
+
+class SparseSliceLoader:
+    """Batches of 2D patches from annotated slices (Eq. 1): per batch a random plane, per sample a random case,
+    a random annotated slice of that plane and a patch around a random annotated voxel of it (shifted by up to
+    half a patch), random flips. Iterates forever like nnU-Net's loaders.
+
+    Yields ``{"data": (B, C, h, w) float32, "target": (B, 1, h, w) float32}`` where (h, w) is the 3D patch size
+    without the plane's axis; padding and unannotated voxels carry ``ignore_label``.
+    """
+
+    def __init__(
+        self,
+        cases: dict[str, tuple[np.ndarray, np.ndarray]],
+        batch_size: int,
+        patch_size: list[int],
+        plane_axes: dict[str, int],
+        ignore_label: int,
+        augment: bool = True,
+        seed: int | None = None,
+    ):
+        self.cases = cases
+        self.batch_size = batch_size
+        self.patch_size = list(patch_size)
+        self.ignore_label = ignore_label
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        # per plane: case -> indices of slices with at least one annotated voxel
+        self.annotated: dict[str, dict[str, np.ndarray]] = {}
+        self.plane_axes = {}
+        for plane, axis in plane_axes.items():
+            per_case = {}
+            for case, (_, seg) in cases.items():
+                labeled = seg != ignore_label
+                other = tuple(a for a in range(3) if a != axis)
+                idx = np.flatnonzero(labeled.any(axis=other))
+                if len(idx):
+                    per_case[case] = idx
+            if per_case:
+                self.annotated[plane] = per_case
+                self.plane_axes[plane] = axis
+        if not self.annotated:
+            raise RuntimeError(
+                "no annotated voxel in any training case (every voxel is the ignore label). If the raw labels do "
+                "have annotated slices, the plans' resampling erased them: nnU-Net resamples the ignore label like "
+                "any class, so single annotated slices vanish when the target spacing is coarser than the raw "
+                "spacing. Resample the raw dataset to the target spacing before sparsifying (see the README)."
+            )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        plane = list(self.annotated)[self.rng.integers(len(self.annotated))]
+        axis = self.plane_axes[plane]
+        patch = [p for a, p in enumerate(self.patch_size) if a != axis]
+        keys = list(self.annotated[plane])
+        data, target = [], []
+        for _ in range(self.batch_size):
+            case = keys[self.rng.integers(len(keys))]
+            image, seg = self.cases[case]
+            index = int(self.rng.choice(self.annotated[plane][case]))
+            img2d = np.take(image, index, axis=1 + axis)  # (C, H, W)
+            seg2d = np.take(seg, index, axis=axis)  # (H, W)
+            points = np.argwhere(seg2d != self.ignore_label)
+            half = (np.array(patch) - 1) // 2  # shift keeping the chosen annotated voxel inside the patch
+            center = points[self.rng.integers(len(points))] + self.rng.integers(-half, half + 1)
+            lo = [int(c) - p // 2 for c, p in zip(center, patch)]
+            d, t = self._crop(img2d, seg2d, lo, patch)
+            if self.augment:
+                for ax in (0, 1):
+                    if self.rng.random() < 0.5:
+                        d, t = np.flip(d, 1 + ax), np.flip(t, ax)
+            data.append(np.ascontiguousarray(d))
+            target.append(np.ascontiguousarray(t))
+        return {
+            "data": torch.from_numpy(np.stack(data)).float(),
+            "target": torch.from_numpy(np.stack(target)[:, None]).float(),
+            "plane": plane,
+        }
+
+    def _crop(self, img: np.ndarray, seg: np.ndarray, lo: list[int], patch: list[int]):
+        out_img = np.zeros((img.shape[0], *patch), dtype=np.float32)
+        out_seg = np.full(patch, self.ignore_label, dtype=np.int16)
+        src = tuple(slice(max(lo[i], 0), min(lo[i] + patch[i], seg.shape[i])) for i in range(2))
+        dst = tuple(slice(s.start - lo[i], s.stop - lo[i]) for i, s in enumerate(src))
+        out_img[(slice(None), *dst)] = img[(slice(None), *src)]
+        out_seg[dst] = seg[src]
+        return out_img, out_seg
+
+
+class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
+    """2D base model on sparse (ignore-labeled) 3D data, one network for the xy, xz and yz planes (Eq. 1).
+
+    Attributes:
+        batch_size_2d: 2D patches per iteration (the paper trains on 2D slices; nnU-Net's 2D configurations use
+            far larger batches than 3D ones, 12-49; 16 here keeps CPU iterations cheap).
+        planes: planes sampled (all three, as in the paper).
+    """
+
+    uses_unlabeled_data = False
+    batch_size_2d: int = 16
+    planes: tuple[str, ...] = PLANES
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # one output per 2D slice: nnU-Net's deep-supervision scales are 3D
+        self.enable_deep_supervision = False
+
+    @staticmethod
+    def build_network_architecture(
+        plans_manager,
+        configuration_manager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        net, divisor = plainconv_unet_2d(
+            configuration_manager.network_arch_init_kwargs, num_input_channels, num_output_channels, False
+        )
+        return SliceWiseNetwork(net, divisor, network_axis("xy", plans_manager.transpose_forward))
+
+    def _load_cases(self, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        cases = {}
+        for key in keys:
+            data, seg, _, _ = dataset.load_case(key)
+            seg = np.asarray(seg[0]).astype(np.int16)
+            seg[seg < 0] = 0  # nnU-Net marks voxels outside the nonzero mask -1: background
+            cases[key] = (np.asarray(data, dtype=np.float32), seg)
+        return cases
+
+    def get_dataloaders(self):
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets inference mirroring axes
+        ignore = self.label_manager.ignore_label
+        if ignore is None:
+            raise RuntimeError(
+                f"{self.__class__.__name__} trains on sparse labels, but {self.plans_manager.dataset_name}'s "
+                "dataset.json has no 'ignore' label. Make a sparse dataset with `nnunet-semisup sparsify` (or add "
+                "the ignore label to your own partial annotations) and preprocess it."
+            )
+        tr_keys, val_keys = self.do_split()
+        axes = {p: network_axis(p, self.plans_manager.transpose_forward) for p in self.planes}
+        patch = list(self.configuration_manager.patch_size)
+        train = SparseSliceLoader(self._load_cases(tr_keys), self.batch_size_2d, patch, axes, ignore)
+        val = SparseSliceLoader(self._load_cases(val_keys), self.batch_size_2d, patch, axes, ignore, False, 0)
+        return train, val
