@@ -215,15 +215,17 @@ def test_splits_reject_counts_that_do_not_fit():
     assert len(plan_splits(IDS, (4, 16), 10, None, (0,), full=False).unlabeled) == 34
 
 
-def test_run_order_puts_the_baseline_and_upper_bound_first():
+def test_run_order_completes_each_labeled_count_before_the_next():
     opts = BenchmarkOptions(
         "d", "w", (16, 4), 10, trainers=("SECLTrainer", "self-train"), seeds=(0,), full=True
     )
     runs = plan_runs(opts, plan_splits(IDS, (4, 16), 10, 20, (0,), True))
     assert [(r.trainer, r.setting, r.n_labeled) for r in runs] == [
-        ("LabeledOnlyTrainer", "semi", 4), ("LabeledOnlyTrainer", "semi", 16), ("LabeledOnlyTrainer", "full", 50),
-        ("SECLTrainer", "semi", 4), ("SECLTrainer", "semi", 16), ("self-train", "semi", 4), ("self-train", "semi", 16),
+        ("LabeledOnlyTrainer", "semi", 4), ("SECLTrainer", "semi", 4), ("self-train", "semi", 4),
+        ("LabeledOnlyTrainer", "semi", 16), ("SECLTrainer", "semi", 16), ("self-train", "semi", 16),
+        ("LabeledOnlyTrainer", "full", 50),
     ]  # fmt: skip
+    assert [r.key for r in runs] == ["n4_s0"] * 3 + ["n16_s0"] * 3 + ["full_s0"]
 
 
 def test_run_finished_needs_checkpoint_predictions_and_summary(tmp_path):

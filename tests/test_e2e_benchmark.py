@@ -50,13 +50,13 @@ def test_benchmark_builds_trains_reports_and_resumes(tmp_path):
         and d2["unlabeled"] == d3["unlabeled"]
         and set(d2["labeled"]) < set(d3["labeled"])
     )
-    # planned once (on the larger dataset), the same plans moved to the other
+    # planned once (on the smallest dataset), the same plans moved to the other
     pre = work / "nnUNet_preprocessed"
     plans = {
         k: json.loads((pre / manifest["datasets"][k]["name"] / "nnUNetPlans.json").read_text())
         for k in ("n2_s0", "n3_s0")
     }
-    assert manifest["plans_source"] == "n3_s0"
+    assert manifest["plans_source"] == "n2_s0"  # the smallest dataset
     assert plans["n2_s0"]["configurations"] == plans["n3_s0"]["configurations"]
     assert plans["n2_s0"]["dataset_name"] == manifest["datasets"]["n2_s0"]["name"]
 
