@@ -177,6 +177,46 @@ def _cmd_self_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from nnunet_semisup.benchmark_runner import BenchmarkError, BenchmarkOptions, run_benchmark
+
+    def ints(text: str, flag: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise SystemExit(
+                f"nnunet-semisup benchmark: {flag} takes comma-separated integers, got {text!r}"
+            ) from None
+
+    label_names = None
+    if args.label_names:
+        label_names = {"background": 0, **{n: i + 1 for i, n in enumerate(args.label_names.split(","))}}
+    options = BenchmarkOptions(
+        data_dir=args.data,
+        work_dir=args.work_dir,
+        labeled=ints(args.labeled, "--labeled"),
+        n_test=args.test,
+        trainers=tuple(t.strip() for t in args.trainers.split(",") if t.strip()),
+        n_unlabeled=args.unlabeled,
+        seeds=ints(args.seeds, "--seeds"),
+        full=args.full,
+        schedule=args.schedule,
+        spacing_mm=None if args.spacing_mm <= 0 else args.spacing_mm,
+        configuration=args.c,
+        device=args.device,
+        num_processes=args.np,
+        label_names=label_names,
+        first_id=args.first_id,
+        report_only=args.report_only,
+    )
+    try:
+        run_benchmark(options)
+    except BenchmarkError as e:
+        print(f"nnunet-semisup benchmark: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_predict_dtml(args: argparse.Namespace) -> int:
     import torch
     from nnunetv2.utilities.file_path_utilities import get_output_folder
@@ -403,6 +443,48 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunet_semisup.sparsification_cli import add_sparsification_parsers
 
     add_sparsification_parsers(sub)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="learning curves: every trainer vs LabeledOnlyTrainer on several labeled counts (resumable)",
+        description="Builds benchmark datasets (fixed test set and unlabeled pool, per seed a labeled draw for each "
+        "--labeled count; --full adds the fully labeled upper bound), plans once and moves the plans to every "
+        "dataset, trains each trainer with the same schedule (fold all, final checkpoint), predicts the test set "
+        "with nnUNetv2_predict, evaluates, and writes results.csv, results.md and learning_curve.png into "
+        "--work-dir. Finished runs are skipped when run again. See docs/benchmarks.md.",
+    )
+    p.add_argument(
+        "--data", required=True, help="folder with images/ and labels/ (Decathlon or nnU-Net naming)"
+    )
+    p.add_argument("--work-dir", required=True, help="folder for all datasets, models and results")
+    p.add_argument("--labeled", required=True, help="comma-separated labeled counts, e.g. 5,10,20")
+    p.add_argument("--test", type=int, required=True, help="number of test cases (fixed for every run)")
+    p.add_argument(
+        "--unlabeled", type=int, default=None, help="unlabeled pool size (default: all but max --labeled)"
+    )
+    p.add_argument(
+        "--trainers",
+        default="LabeledOnlyTrainer",
+        help="comma-separated trainer class names and/or 'self-train' (LabeledOnlyTrainer is always run)",
+    )
+    p.add_argument("--seeds", default="0", help="comma-separated seeds: each draws its own labeled subsets")
+    p.add_argument("--full", action="store_true", help="also the upper bound: all non-test cases labeled")
+    p.add_argument(
+        "--schedule", default="", help="nnUNet_semisup_schedule for every run, e.g. epochs=8,iters=40"
+    )
+    p.add_argument(
+        "--spacing-mm",
+        type=float,
+        default=0,
+        help="plan at this isotropic spacing (e.g. 2 on CPU; 0 = nnU-Net's)",
+    )
+    p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("-np", type=int, default=1, help="processes for planning/preprocessing (default: 1)")
+    p.add_argument("--label-names", help="comma-separated names of labels 1, 2, ... (default: label_<v>)")
+    p.add_argument("--first-id", type=int, default=100, help="first dataset id inside the work folder")
+    p.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 

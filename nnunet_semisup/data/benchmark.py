@@ -204,6 +204,21 @@ def find_source_cases(
     return cases
 
 
+def _check_split(split: BenchmarkSplit, cases: dict, images_dir: str) -> None:
+    """ValueError unless the three lists of ``split`` are disjoint, known cases, with at least one labeled."""
+    parts = {"labeled": split.labeled, "unlabeled": split.unlabeled, "test": split.test}
+    if not split.labeled:
+        raise ValueError("an explicit split needs at least one labeled case")
+    seen: dict[str, str] = {}
+    for part, ids in parts.items():
+        for case_id in ids:
+            if case_id not in cases:
+                raise ValueError(f"case {case_id!r} of the {part} split is not in {images_dir}")
+            if case_id in seen:
+                raise ValueError(f"case {case_id!r} is in both the {seen[case_id]} and the {part} split")
+            seen[case_id] = part
+
+
 def _infer_labels(label_paths: Sequence[str]) -> dict[str, int]:
     """``{"background": 0, "label_<v>": v, ...}`` from the values present in the label files."""
     import SimpleITK as sitk
@@ -238,14 +253,15 @@ def make_benchmark(
     images_dir: str | None = None,
     labels_dir: str | None = None,
     source_dataset_dir: str | None = None,
-    n_labeled: int,
-    n_test: int,
+    n_labeled: int | None = None,
+    n_test: int | None = None,
     n_unlabeled: int | None = None,
     seed: int = 0,
     label_names: dict[str, int] | None = None,
     channel_names: dict[str, str] | None = None,
     file_ending: str = ".nii.gz",
     link: bool = False,
+    split: BenchmarkSplit | None = None,
 ) -> str:
     """Build the nnU-Net v2 raw dataset ``<out_dataset_dir_parent>/Dataset<id:03d>_<name>/``.
 
@@ -281,6 +297,9 @@ def make_benchmark(
         file_ending: file ending of the source files (ignored with ``source_dataset_dir``, whose
             dataset.json decides).
         link: symlink the source files instead of copying them.
+        split: an explicit split (case ids of the source) used instead of :func:`split_cases`; then
+            ``n_labeled``/``n_test``/``n_unlabeled`` are not used (``nnunet-semisup benchmark`` draws its
+            own splits so that the test set and unlabeled pool stay fixed across seeds).
 
     Returns:
         Path of the new dataset folder.
@@ -345,7 +364,12 @@ def make_benchmark(
             f"channel_names {channel_names} do not match the {n_channels} channel(s) found in {images_dir}"
         )
     channel_names = {str(c): channel_names[str(c)] for c in range(n_channels)}
-    split = split_cases(list(cases), n_labeled, n_test, n_unlabeled, seed)
+    if split is None:
+        if n_labeled is None or n_test is None:
+            raise ValueError("give n_labeled and n_test (or an explicit split)")
+        split = split_cases(list(cases), n_labeled, n_test, n_unlabeled, seed)
+    else:
+        _check_split(split, cases, images_dir)
     if label_names is None:
         label_names = _infer_labels([c["label"] for c in cases.values()])
     _check_label_names(label_names)

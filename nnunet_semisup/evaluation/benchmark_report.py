@@ -1,0 +1,287 @@
+"""Tables, statistics and the learning-curve plot of ``nnunet-semisup benchmark`` (pure functions on rows).
+
+A *row* is one test case x class of one run: ``{"trainer", "setting", "n_labeled", "seed", "case", "class",
+"dice", "iou", "hd95", "asd"}``. ``setting`` is ``"semi"`` for the labeled-count runs and ``"full"`` for the
+fully labeled upper bound (every non-test case labeled). The pseudo class ``"mean"`` (per case, the mean over
+the foreground classes) is added by :func:`with_class_mean`.
+
+Statistics: mean and standard deviation (``ddof=0``, as in ``nnunet-semisup evaluate``) over all
+(test case, seed) pairs of a trainer and labeled count; differences to the baseline are paired on
+(seed, test case) and tested with the two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``,
+default ``zero_method="wilcox"``: zero differences are dropped; all differences zero gives p = 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CSV_COLUMNS",
+    "curve_data",
+    "group_stats",
+    "paired_comparison",
+    "plot_learning_curve",
+    "read_rows",
+    "results_markdown",
+    "rows_from_summary",
+    "with_class_mean",
+    "write_rows",
+]
+
+METRICS = ("dice", "iou", "hd95", "asd")
+CSV_COLUMNS = ("trainer", "setting", "n_labeled", "seed", "case", "class", *METRICS)
+MEAN_CLASS = "mean"
+
+
+def rows_from_summary(summary: dict, trainer: str, setting: str, n_labeled: int, seed: int) -> list[dict]:
+    """One row per test case x class of an :func:`~nnunet_semisup.evaluation.evaluate_folders` summary."""
+    return [
+        {
+            "trainer": trainer,
+            "setting": setting,
+            "n_labeled": int(n_labeled),
+            "seed": int(seed),
+            "case": entry["case"],
+            "class": cls,
+            **{m: float(values[m]) for m in METRICS},
+        }
+        for entry in summary["per_case"]
+        for cls, values in entry["metrics"].items()
+    ]
+
+
+def write_rows(rows: Iterable[dict], path: str) -> None:
+    """Write rows as CSV with the columns :data:`CSV_COLUMNS`."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a CSV written by :func:`write_rows`, with numbers parsed."""
+    with open(path, newline="") as f:
+        return [
+            {
+                **row,
+                "n_labeled": int(row["n_labeled"]),
+                "seed": int(row["seed"]),
+                **{m: float(row[m]) for m in METRICS},
+            }
+            for row in csv.DictReader(f)
+        ]
+
+
+def _classes(rows: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(r["class"] for r in rows if r["class"] != MEAN_CLASS))
+
+
+def with_class_mean(rows: Sequence[dict]) -> list[dict]:
+    """``rows`` plus, per (trainer, setting, n_labeled, seed, case), a row of class ``"mean"`` holding the mean
+    of each metric over the foreground classes."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["class"] != MEAN_CLASS:
+            groups.setdefault((r["trainer"], r["setting"], r["n_labeled"], r["seed"], r["case"]), []).append(
+                r
+            )
+    extra = [
+        {**members[0], "class": MEAN_CLASS, **{m: float(np.mean([x[m] for x in members])) for m in METRICS}}
+        for members in groups.values()
+    ]
+    return [*(r for r in rows if r["class"] != MEAN_CLASS), *extra]
+
+
+def _runs(rows: Sequence[dict]) -> list[tuple[str, str, int]]:
+    """(trainer, setting, n_labeled) in first-seen order, the baseline's settings first among equals."""
+    return list(dict.fromkeys((r["trainer"], r["setting"], r["n_labeled"]) for r in rows))
+
+
+def _values(rows: Sequence[dict], trainer: str, setting: str, n: int, cls: str, metric: str) -> dict:
+    """(seed, case) -> value."""
+    return {
+        (r["seed"], r["case"]): r[metric]
+        for r in rows
+        if r["trainer"] == trainer and r["setting"] == setting and r["n_labeled"] == n and r["class"] == cls
+    }
+
+
+def group_stats(rows: Sequence[dict], metric: str = "dice") -> list[dict]:
+    """Per (trainer, setting, n_labeled, class): ``mean``, ``std`` (ddof=0) and ``n`` over (seed, case) pairs,
+    and ``n_seeds``. Classes include ``"mean"`` if the rows do (see :func:`with_class_mean`)."""
+    out = []
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    for trainer, setting, n in _runs(rows):
+        for cls in classes:
+            values = _values(rows, trainer, setting, n, cls, metric)
+            if not values:
+                continue
+            arr = np.array(list(values.values()), dtype=float)
+            out.append({"trainer": trainer, "setting": setting, "n_labeled": n, "class": cls,
+                        "mean": float(arr.mean()), "std": float(arr.std()), "n": len(arr),
+                        "n_seeds": len({seed for seed, _ in values})})  # fmt: skip
+    return out
+
+
+def paired_comparison(
+    rows: Sequence[dict], trainer: str, n_labeled: int, cls: str, baseline: str = "LabeledOnlyTrainer",
+    metric: str = "dice", setting: str = "semi",
+) -> dict | None:  # fmt: skip
+    """``trainer`` minus ``baseline`` at the same labeled count, paired on (seed, test case).
+
+    Returns ``{"mean_diff", "wins", "losses", "n_pairs", "p_value"}`` (wins: pairs where ``trainer`` is
+    higher), or None when no pair exists. ``p_value`` is the two-sided Wilcoxon signed-rank test of the
+    differences (1.0 when every difference is zero).
+    """
+    from scipy.stats import wilcoxon
+
+    ours = _values(rows, trainer, setting, n_labeled, cls, metric)
+    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
+    keys = sorted(set(ours) & set(base))
+    if not keys:
+        return None
+    diff = np.array([ours[k] - base[k] for k in keys], dtype=float)
+    p_value = 1.0 if np.all(diff == 0) else float(wilcoxon(diff).pvalue)
+    return {
+        "mean_diff": float(diff.mean()),
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "n_pairs": len(keys),
+        "p_value": p_value,
+    }
+
+
+def _label(trainer: str, setting: str, n: int) -> str:
+    return f"{trainer} (all {n} labeled)" if setting == "full" else trainer
+
+
+def curve_data(rows: Sequence[dict], cls: str, metric: str = "dice") -> dict[str, dict]:
+    """Per trainer (semi setting): ``{"x": labeled counts ascending, "mean", "std", "seed_means": {seed: [..]}}``
+    and per upper-bound run (key ``"<trainer> (all N labeled)"``) the same with one x; lists align with x."""
+    stats = [s for s in group_stats(rows, metric) if s["class"] == cls]
+    out: dict[str, dict] = {}
+    for s in sorted(stats, key=lambda s: s["n_labeled"]):
+        trainer, setting, n = s["trainer"], s["setting"], s["n_labeled"]
+        entry = out.setdefault(_label(trainer, setting, n), {"x": [], "mean": [], "std": [], "per_seed": []})
+        entry["x"].append(n)
+        entry["mean"].append(s["mean"])
+        entry["std"].append(s["std"])
+        by_seed: dict[int, list[float]] = {}
+        for (seed, _case), value in _values(rows, trainer, setting, n, cls, metric).items():
+            by_seed.setdefault(seed, []).append(value)
+        entry["per_seed"].append({seed: float(np.mean(v)) for seed, v in by_seed.items()})
+    for entry in out.values():
+        per_seed = entry.pop("per_seed")
+        seeds = sorted({seed for point in per_seed for seed in point})
+        entry["seed_means"] = {seed: [point.get(seed, math.nan) for point in per_seed] for seed in seeds}
+    return out
+
+
+def plot_learning_curve(rows: Sequence[dict], path: str, metric: str = "dice", title: str = "") -> None:
+    """Dice vs labeled count, one panel per class and one for the class mean; one line per trainer (mean over
+    test cases and seeds) with a band of +- one std; per-seed means as dots when there are several seeds; the
+    fully labeled upper bound as a dashed horizontal line with its band."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    rows = with_class_mean(rows)
+    classes = [*_classes(rows), MEAN_CLASS]
+    fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 4.5), squeeze=False)
+    counts = sorted({r["n_labeled"] for r in rows if r["setting"] == "semi"})
+    for ax, cls in zip(axes[0], classes):
+        for i, (name, d) in enumerate(curve_data(rows, cls, metric).items()):
+            mean, std = np.array(d["mean"]), np.array(d["std"])
+            if "labeled)" in name and len(d["x"]) == 1:  # upper bound
+                ax.axhline(mean[0], color="k", ls="--", lw=1.2, label=f"{name}")
+                ax.axhspan(mean[0] - std[0], mean[0] + std[0], color="k", alpha=0.07)
+                continue
+            color = f"C{i}"
+            ax.plot(d["x"], mean, "o-", color=color, label=name)
+            ax.fill_between(d["x"], mean - std, mean + std, color=color, alpha=0.15)
+            if len(d["seed_means"]) > 1:
+                for seed_means in d["seed_means"].values():
+                    ax.plot(d["x"], seed_means, ".", color=color, alpha=0.6)
+        if counts:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(counts, [str(c) for c in counts])
+            ax.minorticks_off()
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("labeled cases")
+        ax.set_ylabel(f"test {metric} (mean ± std over cases x seeds)")
+        ax.set_title(cls)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
+
+
+def results_markdown(
+    rows: Sequence[dict], header: str = "", baseline: str = "LabeledOnlyTrainer", seconds: dict | None = None
+) -> str:
+    """The markdown report: Dice and HD95 mean ± std per class and labeled count, and the paired Dice
+    difference to ``baseline`` (wins/losses over pairs, Wilcoxon p). ``seconds`` maps (trainer, setting,
+    n_labeled) to a list of wall-clock seconds per run (training + prediction), shown in a last table."""
+    rows = with_class_mean(rows)
+    classes = [*_classes(rows), MEAN_CLASS]
+    runs = _runs(rows)
+    runs.sort(key=lambda t: (t[1] == "full", t[2], t[0] != baseline))
+    lines = [header] if header else []
+
+    for metric, title, digits in (("dice", "Dice", 3), ("hd95", "HD95 (mm)", 2)):
+        stats = {
+            (s["trainer"], s["setting"], s["n_labeled"], s["class"]): s for s in group_stats(rows, metric)
+        }
+        lines += [f"### Test {title}: mean ± std over test cases x seeds", "",
+                  "| trainer | labeled | " + " | ".join(classes) + " | pairs |",
+                  "|---|---:|" + "---:|" * len(classes) + "---:|"]  # fmt: skip
+        for trainer, setting, n in runs:
+            cells = []
+            for cls in classes:
+                s = stats.get((trainer, setting, n, cls))
+                cells.append("" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}")
+            pairs = stats[(trainer, setting, n, classes[-1])]
+            count = f"{n} (all)" if setting == "full" else str(n)
+            lines.append(f"| {trainer} | {count} | " + " | ".join(cells) + f" | {pairs['n']} |")
+        lines.append("")
+
+    lines += [f"### Dice difference to {baseline} (paired over test cases x seeds)", "",
+              "Each cell: mean difference, pairs better / worse, two-sided Wilcoxon signed-rank p.", "",
+              "| trainer | labeled | " + " | ".join(classes) + " |", "|---|---:|" + "---:|" * len(classes)]  # fmt: skip
+    for trainer, setting, n in runs:
+        if trainer == baseline or setting != "semi":
+            continue
+        cells = []
+        for cls in classes:
+            c = paired_comparison(rows, trainer, n, cls, baseline)
+            cells.append(
+                "n/a"
+                if c is None
+                else f"{c['mean_diff']:+.3f} ({c['wins']}/{c['losses']}, p={_fmt_p(c['p_value'])})"
+            )
+        lines.append(f"| {trainer} | {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    if seconds:
+        lines += ["### Wall-clock seconds per run (training + test prediction), mean over seeds", "",
+                  "| trainer | labeled | seconds | runs |", "|---|---:|---:|---:|"]  # fmt: skip
+        for trainer, setting, n in runs:
+            secs = [s for s in seconds.get((trainer, setting, n), []) if s is not None]
+            if secs:
+                count = f"{n} (all)" if setting == "full" else str(n)
+                lines.append(f"| {trainer} | {count} | {np.mean(secs):.0f} | {len(secs)} |")
+        lines.append("")
+    return "\n".join(lines)

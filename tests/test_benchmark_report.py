@@ -1,0 +1,283 @@
+"""Tables, statistics, plot, splits, skip logic and input checks of ``nnunet-semisup benchmark`` (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from nnunet_semisup.benchmark_runner import (
+    BenchmarkError,
+    BenchmarkOptions,
+    Run,
+    plan_runs,
+    plan_splits,
+    run_benchmark,
+    run_finished,
+)
+from nnunet_semisup.evaluation.benchmark_report import (
+    curve_data,
+    group_stats,
+    paired_comparison,
+    plot_learning_curve,
+    read_rows,
+    results_markdown,
+    rows_from_summary,
+    with_class_mean,
+    write_rows,
+)
+
+CLASSES = ("anterior", "posterior")
+CASES = [f"case_{i}" for i in range(6)]
+
+
+def _summary(dice: dict[str, list[float]]) -> dict:
+    """An evaluate_folders-like summary with per-case Dice (and HD95 = 10 * (1 - Dice))."""
+    return {
+        "per_case": [
+            {
+                "case": case,
+                "metrics": {
+                    cls: {
+                        "dice": dice[cls][i],
+                        "iou": dice[cls][i] / 2,
+                        "hd95": 10 * (1 - dice[cls][i]),
+                        "asd": 1.0,
+                    }
+                    for cls in dice
+                },
+            }
+            for i, case in enumerate(CASES)
+        ]
+    }
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    """LabeledOnly and MeanTeacher at 4 and 16 labeled cases, seeds 0 and 1, plus the upper bound."""
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in (0, 1):
+        for n in (4, 16):
+            base = {cls: list(rng.uniform(0.3, 0.7, len(CASES))) for cls in CLASSES}
+            better = {cls: [v + rng.uniform(-0.05, 0.2) for v in base[cls]] for cls in CLASSES}
+            out += rows_from_summary(_summary(base), "LabeledOnlyTrainer", "semi", n, seed)
+            out += rows_from_summary(_summary(better), "MeanTeacherTrainer", "semi", n, seed)
+        full = {cls: list(rng.uniform(0.8, 0.9, len(CASES))) for cls in CLASSES}
+        out += rows_from_summary(_summary(full), "LabeledOnlyTrainer", "full", 40, seed)
+    return out
+
+
+def _dice(rows, trainer, n, cls, setting="semi"):
+    return {
+        (r["seed"], r["case"]): r["dice"]
+        for r in rows
+        if r["trainer"] == trainer and r["n_labeled"] == n and r["class"] == cls and r["setting"] == setting
+    }
+
+
+def test_rows_have_one_entry_per_trainer_count_seed_case_class(rows):
+    assert len(rows) == (2 * 2 * 2 + 2) * len(CASES) * len(CLASSES)
+    keys = {(r["trainer"], r["setting"], r["n_labeled"], r["seed"], r["case"], r["class"]) for r in rows}
+    assert len(keys) == len(rows)
+
+
+def test_csv_round_trip(rows, tmp_path):
+    write_rows(rows, str(tmp_path / "results.csv"))
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert header == "trainer,setting,n_labeled,seed,case,class,dice,iou,hd95,asd"
+    back = read_rows(str(tmp_path / "results.csv"))
+    assert len(back) == len(rows)
+    for a, b in zip(rows, back):
+        assert a["trainer"] == b["trainer"] and a["n_labeled"] == b["n_labeled"] and a["seed"] == b["seed"]
+        assert b["dice"] == pytest.approx(a["dice"], abs=1e-12)
+
+
+def test_class_mean_is_the_per_case_mean_over_classes(rows):
+    extended = with_class_mean(rows)
+    assert len(extended) == len(rows) * 3 // 2
+    mean = _dice(extended, "MeanTeacherTrainer", 16, "mean")
+    for key, value in mean.items():
+        parts = [_dice(rows, "MeanTeacherTrainer", 16, cls)[key] for cls in CLASSES]
+        assert value == pytest.approx(np.mean(parts))
+    assert with_class_mean(extended) == extended  # idempotent
+
+
+def test_group_stats_pool_cases_and_seeds(rows):
+    stats = group_stats(with_class_mean(rows))
+    by_key = {(s["trainer"], s["setting"], s["n_labeled"], s["class"]): s for s in stats}
+    for (trainer, setting, n, cls), s in by_key.items():
+        values = np.array(list(_dice(with_class_mean(rows), trainer, n, cls, setting).values()))
+        assert s["n"] == 2 * len(CASES) and s["n_seeds"] == 2
+        assert s["mean"] == pytest.approx(values.mean())
+        assert s["std"] == pytest.approx(values.std(ddof=0))
+    assert ("LabeledOnlyTrainer", "full", 40, "posterior") in by_key
+
+
+def test_paired_comparison_matches_scipy(rows):
+    for n in (4, 16):
+        for cls in CLASSES:
+            ours, base = _dice(rows, "MeanTeacherTrainer", n, cls), _dice(rows, "LabeledOnlyTrainer", n, cls)
+            diff = np.array([ours[k] - base[k] for k in sorted(base)])
+            c = paired_comparison(rows, "MeanTeacherTrainer", n, cls)
+            assert c["n_pairs"] == 12
+            assert c["mean_diff"] == pytest.approx(diff.mean())
+            assert c["wins"] == int((diff > 0).sum()) and c["losses"] == int((diff < 0).sum())
+            assert c["p_value"] == pytest.approx(wilcoxon(diff).pvalue)
+            assert 0 < c["p_value"] <= 1
+
+
+def test_paired_comparison_pairs_on_seed_and_case_only():
+    # the baseline has an extra case and the order of rows differs: only matching (seed, case) pairs count
+    a = rows_from_summary(_summary({"x": [0.5, 0.6, 0.7, 0.8, 0.9, 0.4]}), "T", "semi", 4, 0)
+    b = rows_from_summary(_summary({"x": [0.4, 0.6, 0.5, 0.9, 0.1, 0.4]}), "LabeledOnlyTrainer", "semi", 4, 0)
+    a = a[:5][::-1]
+    c = paired_comparison(a + b, "T", 4, "x")
+    diff = np.array([0.1, 0.0, 0.2, -0.1, 0.8])
+    assert c["n_pairs"] == 5 and c["wins"] == 3 and c["losses"] == 1
+    assert c["mean_diff"] == pytest.approx(diff.mean())
+    assert c["p_value"] == pytest.approx(wilcoxon(diff).pvalue)
+    # no baseline at that count: no comparison; identical results: p = 1
+    assert paired_comparison(a + b, "T", 16, "x") is None
+    same = rows_from_summary(_summary({"x": [0.5] * 6}), "T", "semi", 4, 0)
+    same_base = rows_from_summary(_summary({"x": [0.5] * 6}), "LabeledOnlyTrainer", "semi", 4, 0)
+    assert paired_comparison(same + same_base, "T", 4, "x")["p_value"] == 1.0
+
+
+def test_markdown_shows_means_differences_and_p_values(rows):
+    md = results_markdown(rows, "## header", seconds={("MeanTeacherTrainer", "semi", 4): [100.0, 300.0]})
+    assert md.startswith("## header")
+    stats = {(s["trainer"], s["setting"], s["n_labeled"], s["class"]): s for s in group_stats(rows)}
+    s = stats[("MeanTeacherTrainer", "semi", 16, "anterior")]
+    assert f"{s['mean']:.3f} ± {s['std']:.3f}" in md
+    c = paired_comparison(rows, "MeanTeacherTrainer", 16, "posterior")
+    p = f"{c['p_value']:.2g}" if c["p_value"] < 0.01 else f"{c['p_value']:.2f}"
+    assert f"{c['mean_diff']:+.3f} ({c['wins']}/{c['losses']}, p={p})" in md
+    assert "| LabeledOnlyTrainer | 40 (all) |" in md
+    assert "| MeanTeacherTrainer | 4 | 200 | 2 |" in md
+    # the baseline is not compared with itself, the upper bound not with the baseline
+    diff_table = md.split("Dice difference")[1].split("Wall-clock")[0]
+    assert "| LabeledOnlyTrainer |" not in diff_table
+
+
+def test_curve_data_and_plot(rows, tmp_path):
+    data = curve_data(with_class_mean(rows), "mean")
+    mt = data["MeanTeacherTrainer"]
+    assert mt["x"] == [4, 16]
+    expected = np.array(list(_dice(with_class_mean(rows), "MeanTeacherTrainer", 16, "mean").values()))
+    assert mt["mean"][1] == pytest.approx(expected.mean()) and mt["std"][1] == pytest.approx(expected.std())
+    assert sorted(mt["seed_means"]) == [0, 1]
+    seed1 = [
+        v for (s, _), v in _dice(with_class_mean(rows), "MeanTeacherTrainer", 4, "mean").items() if s == 1
+    ]
+    assert mt["seed_means"][1][0] == pytest.approx(np.mean(seed1))
+    assert data["LabeledOnlyTrainer (all 40 labeled)"]["x"] == [40]
+    path = tmp_path / "curve.png"
+    plot_learning_curve(rows, str(path), title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# splits, runs, skip logic, input checks
+
+IDS = [f"c{i:03d}" for i in range(60)]
+
+
+def test_splits_keep_test_set_and_unlabeled_pool_fixed_across_counts_and_seeds():
+    s = plan_splits(IDS, (4, 16), 10, 20, (0, 1, 2), full=True)
+    assert len(s.test) == 10 and len(s.unlabeled) == 20 and len(s.labeled_pool) == 30
+    assert not set(s.test) & set(s.unlabeled)
+    for d in s.datasets.values():
+        assert d["test"] == s.test
+        assert not set(d["labeled"]) & set(s.test)
+        if d["setting"] == "semi":
+            assert d["unlabeled"] == s.unlabeled and len(d["labeled"]) == d["n_labeled"]
+            assert set(d["labeled"]) <= set(s.labeled_pool)
+        else:
+            assert d["unlabeled"] == [] and sorted(d["labeled"]) == sorted(set(IDS) - set(s.test))
+    for seed in (0, 1, 2):  # nested per seed
+        assert set(s.datasets[f"n4_s{seed}"]["labeled"]) < set(s.datasets[f"n16_s{seed}"]["labeled"])
+    assert s.datasets["n4_s0"]["labeled"] != s.datasets["n4_s1"]["labeled"]  # a seed changes the draw
+    # other labeled counts, same test set and pool
+    other = plan_splits(IDS, (8,), 10, 20, (0,), full=False)
+    assert other.test == s.test and other.unlabeled == s.unlabeled
+
+
+def test_splits_reject_counts_that_do_not_fit():
+    with pytest.raises(BenchmarkError, match="only 60 cases"):
+        plan_splits(IDS, (4, 40), 10, 20, (0,), full=False)
+    with pytest.raises(BenchmarkError, match="positive"):
+        plan_splits(IDS, (0, 4), 10, None, (0,), full=False)
+    # default pool: everything the largest count does not need
+    assert len(plan_splits(IDS, (4, 16), 10, None, (0,), full=False).unlabeled) == 34
+
+
+def test_run_order_completes_each_labeled_count_before_the_next():
+    opts = BenchmarkOptions(
+        "d", "w", (16, 4), 10, trainers=("SECLTrainer", "self-train"), seeds=(0,), full=True
+    )
+    runs = plan_runs(opts, plan_splits(IDS, (4, 16), 10, 20, (0,), True))
+    assert [(r.trainer, r.setting, r.n_labeled) for r in runs] == [
+        ("LabeledOnlyTrainer", "semi", 4), ("SECLTrainer", "semi", 4), ("self-train", "semi", 4),
+        ("LabeledOnlyTrainer", "semi", 16), ("SECLTrainer", "semi", 16), ("self-train", "semi", 16),
+        ("LabeledOnlyTrainer", "full", 50),
+    ]  # fmt: skip
+    assert [r.key for r in runs] == ["n4_s0"] * 3 + ["n16_s0"] * 3 + ["full_s0"]
+
+
+def test_run_finished_needs_checkpoint_predictions_and_summary(tmp_path):
+    run_dir, checkpoint = tmp_path / "run", tmp_path / "model" / "checkpoint_final.pth"
+    (run_dir / "predictions").mkdir(parents=True)
+    checkpoint.parent.mkdir()
+    assert not run_finished(run_dir, checkpoint, ["a", "b"])
+    checkpoint.write_bytes(b"x")
+    (run_dir / "predictions" / "a.nii.gz").write_bytes(b"x")
+    (run_dir / "summary.json").write_text("{}")
+    assert not run_finished(run_dir, checkpoint, ["a", "b"])  # a test prediction is missing
+    (run_dir / "predictions" / "b.nii.gz").write_bytes(b"x")
+    assert run_finished(run_dir, checkpoint, ["a", "b"])
+    (run_dir / "summary.json").unlink()
+    assert not run_finished(run_dir, checkpoint, ["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    from nnunet_semisup.data.synthetic import write_synthetic_cases
+
+    folder = tmp_path_factory.mktemp("src")
+    write_synthetic_cases(str(folder), 8, shape=(12, 12, 12))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"trainers": ("LabeledOnlyTrainer", "NoSuchTrainer")}, "unknown trainer.*NoSuchTrainer"),
+        ({"labeled": (2, 7)}, "only 8 cases"),
+        ({"data_dir": "/nonexistent/folder"}, "images not found"),
+        ({"schedule": "epochs=two"}, "--schedule"),
+        ({"seeds": (0, 0)}, "--seeds"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(source, tmp_path, changes, message):
+    opts = BenchmarkOptions(str(source), str(tmp_path / "work"), (2, 4), 2, schedule="epochs=1", **{})
+    opts = BenchmarkOptions(**{**opts.__dict__, **changes})
+    with pytest.raises(BenchmarkError, match=message):
+        run_benchmark(opts)
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_work_folder_of_other_settings_is_refused(source, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "benchmark.json").write_text(json.dumps({"settings": {"schedule": "epochs=5"}, "ids": {}}))
+    opts = BenchmarkOptions(str(source), str(work), (2,), 2, schedule="epochs=1", report_only=True)
+    with pytest.raises(BenchmarkError, match=r"other settings.*schedule"):
+        run_benchmark(opts)
+
+
+def test_run_names():
+    assert Run("SECLTrainer", "semi", 4, 1, "n4_s1").name == "SECLTrainer/n4_s1"
