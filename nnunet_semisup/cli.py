@@ -11,6 +11,7 @@ nnunet-semisup predict-dual-subnet -i IN -o OUT -d D -c CONFIG [-tr DualSubnetCo
 nnunet-semisup select-slices -d D --budget K [--strategy ra|eia] [-o plan.json]
 nnunet-semisup sparsify -d D --plan plan.json --out-id ID
 nnunet-semisup pseudo-labels / predict-sparse (see nnunet_semisup/sparsification_cli.py)
+nnunet-semisup benchmark --data DIR --work-dir DIR --labeled 4,16 --trainers A,B [--seeds 0,1] [--full]
 """
 
 from __future__ import annotations

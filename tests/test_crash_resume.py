@@ -20,7 +20,13 @@ pytestmark = pytest.mark.e2e
 FOLD = "3"  # a fold no other test trains through the console scripts
 EPOCHS, ITERS = 3, 3
 SCHEDULE = f"epochs={EPOCHS},iters={ITERS},val_iters=1,save_every=1"
-TRAINERS = ["LabeledOnlyTrainer", "MeanTeacherTrainer", "SECLTrainer", "DTMLTrainer"]
+TRAINERS = [
+    "LabeledOnlyTrainer",
+    "MeanTeacherTrainer",
+    "SECLTrainer",
+    "DTMLTrainer",
+    "DualSubnetContrastTrainer",
+]
 # injected into the training process through PYTHONPATH: hang between writing a checkpoint and renaming it
 SITECUSTOMIZE = """
 import os, time

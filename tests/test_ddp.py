@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 FOLD = 4  # a fold no other test trains
-TRAINERS = ["MeanTeacherTrainer", "SECLTrainer", "DTMLTrainer"]
+TRAINERS = ["MeanTeacherTrainer", "SECLTrainer", "DTMLTrainer", "DualSubnetContrastTrainer"]
 
 
 def _free_port() -> int:

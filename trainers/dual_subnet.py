@@ -11,7 +11,6 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_semisup.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
 from nnunet_semisup.losses.confident_disagreement import ConfidentDisagreementLoss
@@ -185,11 +184,9 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
             )
         super().initialize()
         if self.is_ddp:  # their own wraps, as nnU-Net wraps self.network (broadcasts rank 0's weights)
-            self.subnet_b = DDP(
-                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.subnet_b), device_ids=[self.local_rank]
-            )
+            self.subnet_b = self.wrap_ddp(self.subnet_b)
         self.heads_for_training = (
-            DDP(self.heads, device_ids=[self.local_rank])
+            self.wrap_ddp(self.heads, sync_batchnorm=False)
             if self.is_ddp and self.heads is not None
             else self.heads
         )
