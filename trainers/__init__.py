@@ -21,6 +21,14 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_NoContrast,
     SECLTrainer_RACS,
 )
+from nnunet_semisup.trainers.wta import WTAPretrainTrainer
+from nnunet_semisup.trainers.wta_finetune import (
+    WTAFinetuneTrainer,
+    WTAFinetuneTrainer_FinetuneAll,
+    WTAFinetuneTrainer_FinetuneLast,
+    WTAFinetuneTrainer_FreezeAll,
+)
+from nnunet_semisup.trainers.wta_multitask import WTAMultiTaskTrainer, WTAMultiTaskTrainer_OneLevel
 
 __all__ = [
     "DTMLTrainer",
@@ -36,4 +44,11 @@ __all__ = [
     "SECLTrainer_alpha0",
     "SECLTrainer_alpha099",
     "SemiSupervisedTrainer",
+    "WTAFinetuneTrainer",
+    "WTAFinetuneTrainer_FinetuneAll",
+    "WTAFinetuneTrainer_FinetuneLast",
+    "WTAFinetuneTrainer_FreezeAll",
+    "WTAMultiTaskTrainer",
+    "WTAMultiTaskTrainer_OneLevel",
+    "WTAPretrainTrainer",
 ]
