@@ -147,3 +147,24 @@ def test_per_group_poly_lr_keeps_low_lr_groups_low():
     optimizer2.load_state_dict(state)
     PerGroupPolyLRScheduler(optimizer2, 1e-2, 10).step(0)
     assert math.isclose(optimizer2.param_groups[1]["lr"], 8e-5)
+
+
+def test_gaussian_patch_centres_around_the_image_centre():
+    import numpy as np
+
+    from nnunet_semisup.data.loader import gaussian_centre_bbox
+
+    rng = np.random.default_rng(0)
+    shape, patch = (400, 200, 120), (10, 10, 10)
+    lbs, ubs = [-50, -50, -50], [s + 50 for s in shape]
+    centres = []
+    for _ in range(4000):
+        lower, upper = gaussian_centre_bbox(shape, patch, lbs, ubs, rng=rng)
+        assert [u - lo for lo, u in zip(lower, upper)] == list(patch)
+        centres.append([lo + p / 2 for lo, p in zip(lower, patch)])
+    centres = np.array(centres)
+    np.testing.assert_allclose(centres.mean(0), np.array(shape) / 2, rtol=0.03)
+    np.testing.assert_allclose(centres.std(0), np.array(shape) / 4, rtol=0.05)
+    # the box never leaves nnU-Net's bounds
+    lower, _ = zip(*(gaussian_centre_bbox((20, 20), (16, 16), [0, 0], [4, 4], rng=rng) for _ in range(200)))
+    assert all(0 <= v <= 4 for box in lower for v in box)

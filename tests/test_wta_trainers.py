@@ -165,3 +165,27 @@ def test_multitask_gamma_balances_the_two_terms(tiny_dataset, monkeypatch, rando
 
     fixed = FixedGamma(**trainer.my_init_kwargs)
     assert fixed.current_gamma(3.0, 1.0) == 0.5 and fixed.gamma_count == 0
+
+
+def test_centre_gaussian_pretraining_draws_labeled_images_with_the_biased_loader(tiny_dataset, monkeypatch):
+    from nnunet_semisup.data.loader import CentreGaussianDataLoader, UnlabeledDataLoader
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # single-threaded loaders in this process
+    trainer = tiny_dataset.build_trainer("WTAPretrainTrainer_CentreGaussian", 1, monkeypatch)
+    trainer.initialize()
+    assert trainer.unlabeled_loader_class is CentreGaussianDataLoader
+    assert tiny_dataset.build_trainer("WTAPretrainTrainer", 1, monkeypatch).unlabeled_loader_class is (
+        UnlabeledDataLoader
+    )
+    trainer.prepare_unlabeled_data()
+    trainer.get_dataloaders()
+    assert isinstance(trainer.dataloader_labeled_images.data_loader, CentreGaussianDataLoader)
+    assert isinstance(trainer.dataloader_unlabeled.data_loader, CentreGaussianDataLoader)
+    train_keys, _ = trainer.do_split()
+    assert sorted(trainer.dataloader_labeled_images.data_loader._data.identifiers) == sorted(train_keys)
+    patch = tuple(trainer.configuration_manager.patch_size)
+    loss, terms = trainer.compute_loss(None, None, trainer.next_unlabeled_batch())
+    assert torch.isfinite(loss) and set(terms) == {
+        f"loss_wta_level{i}" for i in range(trainer.num_wta_levels)
+    }
+    assert next(trainer.dataloader_labeled_images)["data"].shape[2:] == patch

@@ -21,7 +21,7 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_NoContrast,
     SECLTrainer_RACS,
 )
-from nnunet_semisup.trainers.wta import WTAPretrainTrainer
+from nnunet_semisup.trainers.wta import WTAPretrainTrainer, WTAPretrainTrainer_CentreGaussian
 from nnunet_semisup.trainers.wta_finetune import (
     WTAFinetuneTrainer,
     WTAFinetuneTrainer_FinetuneAll,
@@ -51,4 +51,5 @@ __all__ = [
     "WTAMultiTaskTrainer",
     "WTAMultiTaskTrainer_OneLevel",
     "WTAPretrainTrainer",
+    "WTAPretrainTrainer_CentreGaussian",
 ]

@@ -9,8 +9,10 @@ import os
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
+from nnunet_semisup.data.loader import CentreGaussianDataLoader, UnlabeledDataLoader
 from nnunet_semisup.data.unlabeled import unlabeled_status
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.training_log import SemiSupLocalLogger
@@ -129,7 +131,10 @@ class WTAPretrainTrainer(WTATrainerBase):
     (see :mod:`nnunet_semisup.wta`); loss = mean over levels of the Huber loss (delta 1).
 
     Every iteration uses the images of nnU-Net's labeled batch (patches placed uniformly at random: foreground
-    oversampling is off, labels are never read) and one unlabeled batch. Validation reports the reconstruction
+    oversampling is off, labels are never read) and one unlabeled batch. With ``patch_centre_sampling =
+    "gaussian"`` (``WTAPretrainTrainer_CentreGaussian``) both the labeled cases' images and the unlabeled ones are
+    drawn with patch centres ~ N(image centre, (size / 4)^2) per axis, for datasets whose images all show the same
+    region (Sital et al.); nnU-Net's labeled batch is then not used. Validation reports the reconstruction
     loss of the validation cases' patches (``val_losses``; no Dice: there is no segmentation), there is no
     ``checkpoint_best``, and the final validation writes ``reconstructions.png`` (a few unlabeled patches,
     centre crops, mid slice: input, reconstruction, error) and ``validation/reconstruction_summary.json``.
@@ -143,6 +148,9 @@ class WTAPretrainTrainer(WTATrainerBase):
     oversample_foreground_percent_pretrain: float = 0.0
     # unlabeled patches shown in reconstructions.png at the end
     num_reconstruction_examples: int = 4
+    # "uniform" (nnU-Net's random placement, any dataset) or "gaussian" around the image centre (sigma = 1/4 of
+    # the size; Sital et al., for images that all show the same region)
+    patch_centre_sampling: str = "uniform"
 
     def __init__(
         self,
@@ -153,11 +161,39 @@ class WTAPretrainTrainer(WTATrainerBase):
         device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.patch_centre_sampling not in ("uniform", "gaussian"):
+            raise ValueError(
+                f"{self.__class__.__name__}.patch_centre_sampling must be 'uniform' or 'gaussian', got "
+                f"{self.patch_centre_sampling!r}"
+            )
         self.oversample_foreground_percent = self.oversample_foreground_percent_pretrain
+        self.dataloader_labeled_images = None
         # no Dice is computed: never write checkpoint_best (nnU-Net writes it when the EMA Dice beats this)
         self._best_ema = float("-inf")
 
+    @property
+    def unlabeled_loader_class(self) -> type:
+        return CentreGaussianDataLoader if self.patch_centre_sampling == "gaussian" else UnlabeledDataLoader
+
+    def get_dataloaders(self):
+        dataloader_train, dataloader_val = super().get_dataloaders()
+        if self.patch_centre_sampling == "gaussian":
+            # the labeled cases' images with the same centre-biased placement (nnU-Net's loader has no hook)
+            train_keys, _ = self.do_split()
+            self.dataloader_labeled_images = self.get_unlabeled_dataloader(
+                self.preprocessed_dataset_folder, sorted(train_keys)
+            )
+        return dataloader_train, dataloader_val
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if isinstance(self.dataloader_labeled_images, NonDetMultiThreadedAugmenter):
+            self.dataloader_labeled_images._finish()
+        self.dataloader_labeled_images = None
+
     def compute_loss(self, data, target, unlabeled):
+        if self.dataloader_labeled_images is not None:
+            data = next(self.dataloader_labeled_images)["data"].to(self.device, non_blocking=True)
         images = torch.cat([data, unlabeled]) if unlabeled is not None else data
         loss, per_level = self.wta_loss(images)
         return loss, per_level
@@ -236,3 +272,10 @@ class WTAPretrainTrainer(WTATrainerBase):
             dst.append(slice(offset, offset + length))
         out[(slice(None), *dst)] = image[(slice(None), *src)]
         return out
+
+
+class WTAPretrainTrainer_CentreGaussian(WTAPretrainTrainer):
+    """Patch centres ~ N(image centre, (size / 4)^2) per axis for labeled and unlabeled images (Sital et al.'s
+    placement for datasets whose images all show the same region)."""
+
+    patch_centre_sampling = "gaussian"
