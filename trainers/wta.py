@@ -13,7 +13,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from nnunet_semisup.data.loader import CentreGaussianDataLoader, UnlabeledDataLoader
-from nnunet_semisup.data.unlabeled import unlabeled_status
+from nnunet_semisup.data.unlabeled import UnlabeledDataError, unlabeled_status
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.training_log import SemiSupLocalLogger
 from nnunet_semisup.wta import (
@@ -248,12 +248,17 @@ class WTAPretrainTrainer(WTATrainerBase):
         )
 
     def _reconstruction_cases(self) -> tuple[str, list[str]]:
-        ids, _ = unlabeled_status(
-            None,
-            self.preprocessed_dataset_folder_base,
-            self.configuration_name,
-            self.plans_manager.plans_name,
-        )
+        ids = list(self.unlabeled_case_ids)
+        if not ids:  # --val only: the unlabeled loader was never prepared
+            try:
+                ids, _ = unlabeled_status(
+                    None,
+                    self.preprocessed_dataset_folder_base,
+                    self.configuration_name,
+                    self.plans_manager.plans_name,
+                )
+            except UnlabeledDataError:
+                ids = []
         if ids:
             return self.preprocessed_unlabeled_folder, sorted(ids)[: self.num_reconstruction_examples]
         _, val_keys = self.do_split()

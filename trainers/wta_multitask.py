@@ -3,6 +3,8 @@ example of liver segmentation in CT images"): segmentation and winner-take-all r
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from nnunet_semisup.trainers.base import unwrap_network
@@ -56,6 +58,8 @@ class WTAMultiTaskTrainer(WTATrainerBase):
         running sums, and fixes gamma after ``gamma_calibration_iterations`` of them."""
         if self.gamma_value is not None:
             return self.gamma_value
+        if not (math.isfinite(loss_seg) and math.isfinite(loss_wta)):  # a skipped step: keep the sums clean
+            return self.gamma_seg_sum / max(self.gamma_wta_sum, 1e-8) if self.gamma_count else 1.0
         self.gamma_seg_sum += abs(loss_seg)
         self.gamma_wta_sum += loss_wta
         self.gamma_count += 1
