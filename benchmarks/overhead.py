@@ -54,6 +54,13 @@ EXPECTED_FLOOR = {
     "DualSubnetContrastTrainer_Drop80": 4.0,
     "DualSubnetContrastTrainer_RampU": 4.0,
     "DualSubnetContrastTrainer_GlobalEntropy": 4.0,
+    # WTA: encoder stages + one transposed conv per level on labeled+unlabeled (2B), no segmentation decoder;
+    # the encoder is roughly half of the U-Net's work, so about half of a fwd+bwd on 2B
+    "WTAPretrainTrainer": 1.0,
+    # decoder + encoder stages after the frozen ones on B: below nnUNetTrainer (frozen stage 0 has no backward)
+    "WTAFinetuneTrainer": 1.0,
+    # the network on B + the first two encoder stages and their decoders on B_u = B
+    "WTAMultiTaskTrainer": 4 / 3,
 }
 
 

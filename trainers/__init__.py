@@ -33,6 +33,14 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_RACS,
 )
 from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
+from nnunet_semisup.trainers.wta import WTAPretrainTrainer, WTAPretrainTrainer_CentreGaussian
+from nnunet_semisup.trainers.wta_finetune import (
+    WTAFinetuneTrainer,
+    WTAFinetuneTrainer_FinetuneAll,
+    WTAFinetuneTrainer_FinetuneLast,
+    WTAFinetuneTrainer_FreezeAll,
+)
+from nnunet_semisup.trainers.wta_multitask import WTAMultiTaskTrainer, WTAMultiTaskTrainer_OneLevel
 
 __all__ = [
     "DTMLTrainer",
@@ -59,4 +67,12 @@ __all__ = [
     "SelfTrainingMetaTrainer_Stage1Only",
     "SemiSupervisedTrainer",
     "SparseMultiPlane2DTrainer",
+    "WTAFinetuneTrainer",
+    "WTAFinetuneTrainer_FinetuneAll",
+    "WTAFinetuneTrainer_FinetuneLast",
+    "WTAFinetuneTrainer_FreezeAll",
+    "WTAMultiTaskTrainer",
+    "WTAMultiTaskTrainer_OneLevel",
+    "WTAPretrainTrainer",
+    "WTAPretrainTrainer_CentreGaussian",
 ]

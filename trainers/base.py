@@ -114,6 +114,8 @@ class SemiSupervisedTrainer(nnUNetTrainer):
     rampup_fraction: float = 1.0
     semisup_log_keys: tuple[str, ...] = ()
     max_consecutive_nonfinite_steps: int = 20
+    # places the unlabeled patches (uniformly at random; a subclass may bias the placement)
+    unlabeled_loader_class: type = UnlabeledDataLoader
 
     def __init__(
         self,
@@ -208,8 +210,10 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             f"({self.preprocessed_unlabeled_folder})"
         )
 
-    def get_unlabeled_dataloader(self):
-        """nnU-Net's training augmentation and threading, applied to random patches of unlabeled cases."""
+    def get_unlabeled_dataloader(self, folder: str | None = None, case_ids: list[str] | None = None):
+        """nnU-Net's training augmentation and threading, applied to random patches of unlabeled cases (or of
+        the images of ``case_ids`` in the preprocessed ``folder``, labels unused), placed by
+        ``unlabeled_loader_class``."""
         patch_size = self.configuration_manager.patch_size
         rotation_for_da, do_dummy_2d, initial_patch_size, mirror_axes = (
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -226,8 +230,11 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
             ignore_label=self.label_manager.ignore_label,
         )
-        dataset = nnUNetDatasetBlosc2(self.preprocessed_unlabeled_folder, list(self.unlabeled_case_ids))
-        loader = UnlabeledDataLoader(
+        dataset = nnUNetDatasetBlosc2(
+            folder or self.preprocessed_unlabeled_folder,
+            list(case_ids if case_ids is not None else self.unlabeled_case_ids),
+        )
+        loader = self.unlabeled_loader_class(
             dataset,
             self.unlabeled_batch_size or self.batch_size,
             initial_patch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 
@@ -18,3 +19,49 @@ class UnlabeledDataLoader(nnUNetDataLoader):
         kwargs["probabilistic_oversampling"] = False
         super().__init__(*args, **kwargs)
         self.has_ignore = False
+
+
+def gaussian_centre_bbox(
+    data_shape, patch_size, lower_bounds, upper_bounds, sigma_fraction: float = 0.25, rng=None
+) -> tuple[list[int], list[int]]:
+    """A patch box whose centre is drawn from a Gaussian around the image centre.
+
+    Sital et al. (WTA autoencoders) place patch centres ``~ N(size / 2, (sigma_fraction * size)^2)`` per axis
+    (sigma = 1/4 of the size) when all images show the same region, so the organ in the middle is seen most.
+
+    Args:
+        data_shape: spatial shape of the image.
+        patch_size: spatial shape of the patch.
+        lower_bounds, upper_bounds: the allowed range of the box's lower corner per axis (nnU-Net's ``get_bbox``
+            bounds, which include padding); the drawn corner is clipped into it.
+        sigma_fraction: sigma as a fraction of the image size per axis.
+        rng: a ``numpy.random.Generator`` (default: numpy's global state, as nnU-Net's loader uses).
+
+    Returns:
+        ``(lower corner, upper corner)`` lists, ``upper = lower + patch_size``.
+    """
+    draw = rng.normal if rng is not None else np.random.normal
+    lower = []
+    for size, patch, lb, ub in zip(data_shape, patch_size, lower_bounds, upper_bounds):
+        centre = draw(size / 2.0, sigma_fraction * size)
+        lower.append(int(np.clip(round(centre - patch / 2.0), lb, ub)))
+    return lower, [lo + p for lo, p in zip(lower, patch_size)]
+
+
+class CentreGaussianDataLoader(UnlabeledDataLoader):
+    """:class:`UnlabeledDataLoader` whose patch centres follow a Gaussian around the image centre (sigma = 1/4
+    of the image size per axis, :func:`gaussian_centre_bbox`) instead of a uniform distribution."""
+
+    sigma_fraction: float = 0.25
+
+    def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
+        need_to_pad = self.need_to_pad.copy()
+        dim = len(data_shape)
+        for d in range(dim):  # nnU-Net's bounds (padding included), as in nnUNetDataLoader.get_bbox
+            if need_to_pad[d] + data_shape[d] < self.patch_size[d]:
+                need_to_pad[d] = self.patch_size[d] - data_shape[d]
+        lbs = [-need_to_pad[i] // 2 for i in range(dim)]
+        ubs = [
+            data_shape[i] + need_to_pad[i] // 2 + need_to_pad[i] % 2 - self.patch_size[i] for i in range(dim)
+        ]
+        return gaussian_centre_bbox(data_shape, self.patch_size, lbs, ubs, self.sigma_fraction)

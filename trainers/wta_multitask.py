@@ -1,0 +1,112 @@
+"""S-MTL of Sital et al. ("3D medical image segmentation with labeled and unlabeled data using autoencoders at the
+example of liver segmentation in CT images"): segmentation and winner-take-all reconstruction share one encoder."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nnunet_semisup.trainers.base import unwrap_network
+from nnunet_semisup.trainers.wta import WTATrainerBase
+from nnunet_semisup.wta import encoder_level_features
+
+
+class WTAMultiTaskTrainer(WTATrainerBase):
+    """One network (nnU-Net's planned U-Net); its encoder also feeds WTA autoencoder decoders on the first
+    ``wta_num_levels`` encoder levels (default 2, the paper's best, Table 5):
+
+    ``L = L_seg(labeled) + gamma * mean_levels L_WTA(labeled + unlabeled)``
+
+    with nnU-Net's Dice+CE (deep supervision) as ``L_seg`` and the Huber WTA reconstruction loss (see
+    :mod:`nnunet_semisup.wta`; level 0 reconstructs the image, level 1 the features entering stage 1). The
+    encoder is shared: the labeled batch runs through the whole network once and its stage outputs feed the WTA
+    decoders; the unlabeled batch only runs through the first levels. Level inputs are not detached here (the
+    reconstruction gradient of level 1 reaches stage 0 as well: one jointly trained encoder); targets are.
+
+    gamma (the paper: "so that both terms have the same order of magnitude"): ``gamma = None`` calibrates it as
+    ``mean |L_seg| / mean L_WTA`` over the first ``gamma_calibration_iterations`` iterations (the running ratio
+    is used during them), then keeps it fixed; it is saved in ``semisup_state`` and restored by ``--c``. A
+    float fixes it.
+    """
+
+    wta_num_levels = 2  # Sital et al., Table 5: WTA on the first two resolution levels was best
+    gamma: float | None = None
+    gamma_calibration_iterations: int = 25
+    semisup_log_keys = ("loss_seg", "loss_wta", "gamma")
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.gamma_calibration_iterations < 1:
+            raise ValueError(
+                f"gamma_calibration_iterations must be >= 1, got {self.gamma_calibration_iterations}"
+            )
+        self.gamma_value: float | None = None if self.gamma is None else float(self.gamma)
+        self.gamma_seg_sum = 0.0
+        self.gamma_wta_sum = 0.0
+        self.gamma_count = 0
+
+    def current_gamma(self, loss_seg: float, loss_wta: float) -> float:
+        """gamma for this iteration; while calibrating, first adds this iteration's (detached) losses to the
+        running sums, and fixes gamma after ``gamma_calibration_iterations`` of them."""
+        if self.gamma_value is not None:
+            return self.gamma_value
+        if not (math.isfinite(loss_seg) and math.isfinite(loss_wta)):  # a skipped step: keep the sums clean
+            return self.gamma_seg_sum / max(self.gamma_wta_sum, 1e-8) if self.gamma_count else 1.0
+        self.gamma_seg_sum += abs(loss_seg)
+        self.gamma_wta_sum += loss_wta
+        self.gamma_count += 1
+        ratio = self.gamma_seg_sum / max(self.gamma_wta_sum, 1e-8)
+        if self.gamma_count >= self.gamma_calibration_iterations:
+            self.gamma_value = ratio
+            self.print_to_log_file(
+                f"gamma fixed at {ratio:.4g} (mean |L_seg| / mean L_WTA over {self.gamma_count} iterations)"
+            )
+        return ratio
+
+    def compute_loss(self, data, target, unlabeled):
+        network = unwrap_network(self.network)
+        skips = network.encoder(data)
+        loss_seg = self.loss(network.decoder(skips), target)
+        levels = self.num_wta_levels
+        inputs = [data, *skips[: levels - 1]]
+        outputs = list(skips[:levels])
+        if unlabeled is not None:
+            u_inputs, u_outputs = encoder_level_features(network.encoder, unlabeled, levels, False)
+            inputs = [torch.cat([a, b]) for a, b in zip(inputs, u_inputs)]
+            outputs = [torch.cat([a, b]) for a, b in zip(outputs, u_outputs)]
+        loss_wta, per_level = self.wta_heads(inputs, outputs)
+        gamma = self.current_gamma(float(loss_seg.detach()), float(loss_wta.detach()))
+        terms = {"loss_seg": loss_seg, "loss_wta": loss_wta, "gamma": gamma}
+        terms.update({f"loss_wta_level{i}": v for i, v in enumerate(per_level)})
+        return loss_seg + gamma * loss_wta, terms
+
+    def get_semisup_state(self) -> dict:
+        state = super().get_semisup_state()
+        state["gamma"] = {
+            "value": self.gamma_value,
+            "seg_sum": self.gamma_seg_sum,
+            "wta_sum": self.gamma_wta_sum,
+            "count": self.gamma_count,
+        }
+        return state
+
+    def set_semisup_state(self, state: dict) -> None:
+        super().set_semisup_state(state)
+        gamma = state["gamma"]
+        self.gamma_value = gamma["value"] if self.gamma is None else float(self.gamma)
+        self.gamma_seg_sum, self.gamma_wta_sum = float(gamma["seg_sum"]), float(gamma["wta_sum"])
+        self.gamma_count = int(gamma["count"])
+
+
+class WTAMultiTaskTrainer_OneLevel(WTAMultiTaskTrainer):
+    """WTA on the first (full-resolution) encoder level only (Sital et al., Table 5)."""
+
+    wta_num_levels = 1
