@@ -108,7 +108,7 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tiny_dataset, trainer):
 
     checkpoint = _load(latest)  # complete and readable, whatever the kill interrupted
     epoch = checkpoint["current_epoch"]
-    assert 1 <= epoch < EPOCHS
+    assert epoch in range(1, EPOCHS), epoch
     if trainer != "LabeledOnlyTrainer":
         assert _global_step(checkpoint) == epoch * ITERS
     _finish_with_resume(run, trainer, folder, resumed_from_epoch=epoch)
