@@ -218,46 +218,17 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict_dtml(args: argparse.Namespace) -> int:
+def _predict_with_extra_network(command: str, predictor_class: type, args: argparse.Namespace) -> int:
+    """``nnUNetv2_predict`` through ``predictor_class`` (an ``nnUNetPredictor`` that reads a method's second
+    network from ``semisup_state``), with the stock command's options."""
     import torch
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    from nnunet_semisup.dual_task_prediction import DualTaskPredictor
-
     model_folder = get_output_folder(_resolve_dataset(args.d), args.tr, args.p, args.c)
     if not os.path.isdir(model_folder):
-        raise SystemExit(f"nnunet-semisup predict-dtml: no trained model in {model_folder}")
+        raise SystemExit(f"nnunet-semisup {command}: no trained model in {model_folder}")
     folds = [f if f == "all" else int(f) for f in args.f] if args.f else None
-    predictor = DualTaskPredictor(
-        tile_step_size=args.step_size,
-        use_mirroring=not args.disable_tta,
-        device=torch.device(args.device),
-        allow_tqdm=False,
-        source=args.source,
-    )
-    predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-    predictor.predict_from_files(
-        args.i,
-        args.o,
-        save_probabilities=args.save_probabilities,
-        overwrite=True,
-        num_processes_preprocessing=args.npp,
-        num_processes_segmentation_export=args.nps,
-    )
-    return 0
-
-
-def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
-    import torch
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-    from nnunet_semisup.dual_subnet_prediction import DualSubnetPredictor
-
-    model_folder = get_output_folder(_resolve_dataset(args.d), args.tr, args.p, args.c)
-    if not os.path.isdir(model_folder):
-        raise SystemExit(f"nnunet-semisup predict-dual-subnet: no trained model in {model_folder}")
-    folds = [f if f == "all" else int(f) for f in args.f] if args.f else None
-    predictor = DualSubnetPredictor(
+    predictor = predictor_class(
         tile_step_size=args.step_size,
         use_mirroring=not args.disable_tta,
         device=torch.device(args.device),
@@ -266,8 +237,8 @@ def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
     )
     try:
         predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-    except ValueError as e:  # not a dual-subnet model: say so, no traceback
-        print(f"nnunet-semisup predict-dual-subnet: error: {e}", file=sys.stderr)
+    except ValueError as e:  # not a model of that method: say so, no traceback
+        print(f"nnunet-semisup {command}: error: {e}", file=sys.stderr)
         return 2
     predictor.predict_from_files(
         args.i,
@@ -278,6 +249,18 @@ def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
         num_processes_segmentation_export=args.nps,
     )
     return 0
+
+
+def _cmd_predict_dtml(args: argparse.Namespace) -> int:
+    from nnunet_semisup.dual_task_prediction import DualTaskPredictor
+
+    return _predict_with_extra_network("predict-dtml", DualTaskPredictor, args)
+
+
+def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
+    from nnunet_semisup.dual_subnet_prediction import DualSubnetPredictor
+
+    return _predict_with_extra_network("predict-dual-subnet", DualSubnetPredictor, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
