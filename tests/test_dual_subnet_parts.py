@@ -332,3 +332,45 @@ def test_feature_tap_keeps_the_last_output_without_changing_the_network():
     tap.remove()
     network(x)
     assert tap.features is None
+
+
+# ------------------------------------------------------------- the public code's labeled "mistake" term
+def test_confident_foreground_disagreement_is_the_public_codes_xor_for_two_classes():
+    from nnunet_semisup.losses.labeled_disagreement import confident_foreground_disagreement_mask
+
+    # voxel: 0 both confident fg | 1 A confident fg, B confident bg | 2 A fg below T, B bg | 3 both bg |
+    #        4 A bg, B confident fg | 5 A fg exactly at T (counts, >=), B fg below T
+    probs_a = _probs([0.1, 0.9], [0.2, 0.8], [0.45, 0.55], [0.9, 0.1], [0.7, 0.3], [0.4, 0.6])
+    probs_b = _probs([0.2, 0.8], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.3, 0.7], [0.45, 0.55])
+    mask = confident_foreground_disagreement_mask(probs_a, probs_b, threshold=0.6)
+    fg_a = (probs_a.argmax(1) == 1) & (probs_a.max(1).values >= 0.6)
+    fg_b = (probs_b.argmax(1) == 1) & (probs_b.max(1).values >= 0.6)
+    assert torch.equal(mask, fg_a ^ fg_b)
+    assert mask[0].tolist() == [False, True, False, False, True, True]
+
+
+def test_confident_foreground_disagreement_with_three_classes():
+    from nnunet_semisup.losses.labeled_disagreement import confident_foreground_disagreement_mask
+
+    # voxel: 0 confident class 1 vs confident class 2 | 1 same confident class 2 | 2 class 1 confident vs not
+    probs_a = _probs([0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.7, 0.2])
+    probs_b = _probs([0.1, 0.2, 0.7], [0.0, 0.3, 0.7], [0.3, 0.4, 0.3])
+    mask = confident_foreground_disagreement_mask(probs_a, probs_b, threshold=0.6)
+    assert mask[0].tolist() == [True, False, True]
+
+
+def test_labeled_disagreement_loss_value_ignore_label_and_empty_mask():
+    from nnunet_semisup.losses.labeled_disagreement import LabeledDisagreementLoss
+
+    probs = _probs([0.2, 0.8, 0.0], [0.5, 0.1, 0.4], [0.1, 0.1, 0.8]).requires_grad_(True)
+    labels = torch.tensor([[[1, 0, 3]]])  # (B, 1, N); 3 = ignore label
+    mask = torch.tensor([[True, True, True]])
+    loss = LabeledDisagreementLoss(ignore_index=3)(probs, labels, mask)
+    # voxel 0: (0.8-1)^2 + 0^2 = 0.04; voxel 1 (label 0): 0.1^2 + 0.4^2 = 0.17; voxel 2 ignored
+    assert loss.item() == pytest.approx((0.04 + 0.17) / 2, abs=1e-6)
+    loss.backward()
+    assert torch.all(probs.grad[0, :, 2] == 0) and probs.grad[0, 0].abs().sum() == 0  # background not fit
+    empty = LabeledDisagreementLoss()(probs, labels.clamp(max=2), torch.zeros_like(mask))
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="shapes do not match"):
+        LabeledDisagreementLoss()(probs, labels, mask[:, :2])

@@ -185,3 +185,16 @@ def test_ablations_switch_off_their_term_and_still_train(tiny_dataset, monkeypat
             assert trainer.heads is None and result["loss_contrast"] == 0.0
             assert "heads" not in trainer.get_semisup_state()
         assert any(not torch.equal(b, p) for b, p in zip(before, trainer.subnet_b.parameters())), name
+
+
+def test_code_objective_trains_both_subnets_on_labeled_patches_only(tiny_dataset, monkeypatch, random_batch):
+    trainer, _ = _in_process(tiny_dataset, "DualSubnetContrastTrainer_CodeObjective", monkeypatch)
+    assert len(trainer.optimizer.param_groups) == 2 and trainer.heads is None
+    trainer.next_unlabeled_batch = lambda: pytest.fail("the code objective must not draw unlabeled patches")
+    before = [[p.detach().clone() for p in net.parameters()] for net in (trainer.network, trainer.subnet_b)]
+    result = trainer.train_step(random_batch(trainer))
+    assert set(trainer.semisup_log_keys) <= set(result)
+    assert 0.0 <= result["m_diff_fraction"] <= 1.0
+    assert result["loss_mistake_a"] >= 0.0 and result["loss_mistake_b"] >= 0.0
+    for old, net in zip(before, (trainer.network, trainer.subnet_b)):
+        assert any(not torch.equal(b, p) for b, p in zip(old, net.parameters()))

@@ -14,6 +14,7 @@ from nnunet_semisup.trainers.dtml import (
 )
 from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer,
+    DualSubnetContrastTrainer_CodeObjective,
     DualSubnetContrastTrainer_Drop80,
     DualSubnetContrastTrainer_GlobalEntropy,
     DualSubnetContrastTrainer_NoProto,
@@ -48,6 +49,7 @@ __all__ = [
     "DTMLTrainer_Ldis",
     "DTMLTrainer_LdisLmask",
     "DualSubnetContrastTrainer",
+    "DualSubnetContrastTrainer_CodeObjective",
     "DualSubnetContrastTrainer_Drop80",
     "DualSubnetContrastTrainer_GlobalEntropy",
     "DualSubnetContrastTrainer_NoProto",

@@ -14,6 +14,10 @@ from torch import nn
 
 from nnunet_semisup.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
 from nnunet_semisup.losses.confident_disagreement import ConfidentDisagreementLoss
+from nnunet_semisup.losses.labeled_disagreement import (
+    LabeledDisagreementLoss,
+    confident_foreground_disagreement_mask,
+)
 from nnunet_semisup.losses.prototype_contrast import PrototypeContrastLoss, sample_voxels
 from nnunet_semisup.pseudo_labels import filtered_pseudo_labels, select_pseudo_label_source
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
@@ -415,3 +419,44 @@ class DualSubnetContrastTrainer_Drop80(DualSubnetContrastTrainer):
     class as the default."""
 
     entropy_drop_fraction = 0.8
+
+
+class DualSubnetContrastTrainer_CodeObjective(DualSubnetContrastTrainer):
+    """What the authors' public code (xmindflow/SSL-contrastive, ``train_LA.py``) actually optimizes. There, the
+    unlabeled cross-entropy is computed on ``softmax(...).clone().detach()`` and the prototype loss inside
+    ``torch.no_grad()``, so neither L_u nor L_c sends any gradient to either subnet (verified by reading the code;
+    see README). Each subnet's loss is its supervised loss (CE + Dice) plus ``0.5 *`` a "mistake" term on the
+    *labeled* patches: the squared error to the label where exactly one subnet confidently (>= 0.6) predicts
+    foreground (:class:`~nnunet_semisup.losses.labeled_disagreement.LabeledDisagreementLoss`). Unlabeled patches
+    only pass through the code's batch normalization; nnU-Net's instance normalization makes that a no-op, so this
+    variant draws no unlabeled batch at all (and so does not need ``imagesUnlabeled``)."""
+
+    uses_unlabeled_data = False
+    uses_regularization = False
+    uses_prototype_contrast = False
+    mistake_weight: float = 0.5  # train_LA.py: (loss_seg + loss_seg_dice) + 0.5 * mistake
+    mistake_threshold: float = 0.6  # train_LA.py: Thresh = 0.6
+    semisup_log_keys = ("loss_sup_a", "loss_sup_b", "loss_mistake_a", "loss_mistake_b", "m_diff_fraction")
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.mistake_loss = LabeledDisagreementLoss(ignore_index=self.label_manager.ignore_label)
+
+    def compute_loss(self, data, target, unlabeled):
+        outputs = [self.network(data), self.subnet_b(data)]
+        supervised = [self.loss(out, target) for out in outputs]
+        if isinstance(outputs[0], (list, tuple)):
+            full_resolution, labels = [out[0] for out in outputs], target[0]
+        else:
+            full_resolution, labels = outputs, target
+        probs = [torch.softmax(o.float(), 1) for o in full_resolution]
+        mask = confident_foreground_disagreement_mask(probs[0], probs[1], self.mistake_threshold)
+        mistakes = [self.mistake_loss(p, labels, mask) for p in probs]
+        total = sum(supervised) + self.mistake_weight * sum(mistakes)
+        return total, {
+            "loss_sup_a": supervised[0],
+            "loss_sup_b": supervised[1],
+            "loss_mistake_a": mistakes[0],
+            "loss_mistake_b": mistakes[1],
+            "m_diff_fraction": mask.float().mean(),
+        }
