@@ -54,6 +54,7 @@ EXPECTED_FLOOR = {
     "DualSubnetContrastTrainer_Drop80": 4.0,
     "DualSubnetContrastTrainer_RampU": 4.0,
     "DualSubnetContrastTrainer_GlobalEntropy": 4.0,
+    "DualSubnetContrastTrainer_CodeObjective": 2.0,  # A and B fwd+bwd on the labeled batch B only
     # WTA: encoder stages + one transposed conv per level on labeled+unlabeled (2B), no segmentation decoder;
     # the encoder is roughly half of the U-Net's work, so about half of a fwd+bwd on 2B
     "WTAPretrainTrainer": 1.0,
@@ -61,6 +62,10 @@ EXPECTED_FLOOR = {
     "WTAFinetuneTrainer": 1.0,
     # the network on B + the first two encoder stages and their decoders on B_u = B
     "WTAMultiTaskTrainer": 4 / 3,
+    # Y-network: two encoders (image, A(Y^)) and one decoder fwd+bwd on B, about 1.5 U-Nets
+    "SelfTrainingMetaTrainer": 1.5,
+    "SelfTrainingMetaTrainer_Stage1Only": 1.5,
+    # SparseMultiPlane2DTrainer trains a 2D U-Net on 16 slices per iteration: not a multiple of the 3D step
 }
 
 
@@ -73,17 +78,35 @@ def build_trainer(name: str, args: argparse.Namespace):
     return trainer
 
 
-def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict, torch.Tensor | None]:
-    """One labeled batch from nnU-Net's training loader and, if any trainer needs one, one unlabeled batch."""
+def _has_own_loader(trainer) -> bool:
+    """Whether the trainer labels its batches with a loader of its own (e.g. the 2D slices of
+    ``SparseMultiPlane2DTrainer``) instead of nnU-Net's 3D patches."""
+    own = type(trainer).get_dataloaders
+    return own not in (nnUNetTrainer.get_dataloaders, SemiSupervisedTrainer.get_dataloaders)
+
+
+def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict[str, dict], torch.Tensor | None]:
+    """One labeled batch per trainer (nnU-Net's training loader's, shared by all trainers that train on it; a
+    trainer with a loader of its own, such as the 2D slice sampler, gets one of its own) and, if any trainer
+    needs one, one unlabeled batch."""
     torch.manual_seed(args.seed)
     # nnU-Net's own loaders (the unbound call skips the unlabeled loader of semi-supervised trainers)
     loader, _ = nnUNetTrainer.get_dataloaders(trainers[0])
-    batch = next(loader)
+    shared = next(loader)
+    batches = {}
+    for trainer in trainers:
+        name = type(trainer).__name__
+        # (a semi-supervised trainer that extends get_dataloaders still trains on nnU-Net's labeled patches)
+        if _has_own_loader(trainer) and not getattr(trainer, "uses_unlabeled_data", False):
+            own_loader, _ = trainer.get_dataloaders()
+            batches[name] = next(own_loader)
+        else:
+            batches[name] = shared
     semisup = [t for t in trainers if isinstance(t, SemiSupervisedTrainer) and t.uses_unlabeled_data]
     if not semisup:
-        return batch, None
+        return batches, None
     semisup[0].prepare_unlabeled_data()
-    return batch, next(semisup[0].get_unlabeled_dataloader())["data"]
+    return batches, next(semisup[0].get_unlabeled_dataloader())["data"]
 
 
 def time_steps(trainer, batch: dict, iters: int) -> tuple[float, float]:
@@ -97,8 +120,9 @@ def time_steps(trainer, batch: dict, iters: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / iters, (time.process_time() - cpu) / iters
 
 
-def prepare(trainers: list, batch: dict, unlabeled: torch.Tensor | None) -> None:
+def prepare(trainers: list, batches: dict[str, dict], unlabeled: torch.Tensor | None) -> None:
     for trainer in trainers:
+        batch = batches[type(trainer).__name__]
         if isinstance(trainer, SemiSupervisedTrainer) and trainer.uses_unlabeled_data:
             fixed = unlabeled.to(trainer.device)
             trainer.next_unlabeled_batch = lambda fixed=fixed: fixed
@@ -127,10 +151,10 @@ def peak_memory_mb(trainer) -> float:
 def run_single(args: argparse.Namespace) -> None:
     """Child process of --memory: one trainer alone, its peak memory as JSON on the last line."""
     trainer = build_trainer(args.single, args)
-    batch, unlabeled = fixed_batches([trainer], args)
+    batches, unlabeled = fixed_batches([trainer], args)
     reset_peak_memory(trainer)
-    prepare([trainer], batch, unlabeled)
-    time_steps(trainer, batch, args.iters)
+    prepare([trainer], batches, unlabeled)
+    time_steps(trainer, batches[args.single], args.iters)
     sys.stdout.write(json.dumps({"trainer": args.single, "peak_mb": peak_memory_mb(trainer)}) + "\n")
 
 
@@ -161,14 +185,14 @@ def main() -> None:
 
     names = [n.strip() for n in args.trainers.split(",") if n.strip()]
     trainers = [build_trainer(name, args) for name in names]
-    batch, unlabeled = fixed_batches(trainers, args)
-    prepare(trainers, batch, unlabeled)
+    batches, unlabeled = fixed_batches(trainers, args)
+    prepare(trainers, batches, unlabeled)
     seconds = {name: [] for name in names}
     cpu_seconds = {name: [] for name in names}
     for rep in range(args.reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
         for name in order:
-            wall, cpu = time_steps(trainers[names.index(name)], batch, args.iters)
+            wall, cpu = time_steps(trainers[names.index(name)], batches[name], args.iters)
             seconds[name].append(wall)
             cpu_seconds[name].append(cpu)
 
