@@ -10,14 +10,12 @@ b|average`` (same arguments as nnUNetv2_predict).
 
 from __future__ import annotations
 
-import os
-
 import torch
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch import nn
-from torch._dynamo import OptimizedModule
+
+from nnunet_semisup.extra_network_prediction import ExtraNetworkPredictor
 
 SOURCES = ("b", "average")
 _EPS = 1e-8
@@ -65,57 +63,22 @@ def build_subnet_b(architecture: dict, num_input_channels: int, num_output_chann
     )
 
 
-class DualSubnetPredictor(nnUNetPredictor):
+class DualSubnetPredictor(ExtraNetworkPredictor):
     """``nnUNetPredictor`` for DualSubnetContrastTrainer models that predicts with subnet B (``source='b'``) or
-    with the mean of both subnets' probabilities (``source='average'``); everything else is nnU-Net's."""
+    with the mean of both subnets' probabilities (``source='average'``, the default); everything else is
+    nnU-Net's."""
 
-    def __init__(self, *args, source: str = "average", **kwargs) -> None:
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        super().__init__(*args, **kwargs)
-        self.source = source
+    sources, default_source = SOURCES, "average"
+    config_key = "subnet_b_architecture"
+    extra_name = "subnet B"
+    state_key = "subnet_b"
+    extra_prefix, main_prefix = "b", "a"
+    command, trainer_hint = "predict-dual-subnet", "DualSubnetContrastTrainer"
 
-    def initialize_from_trained_model_folder(
-        self,
-        model_training_output_dir: str,
-        use_folds: tuple[int | str, ...] | None,
-        checkpoint_name: str = "checkpoint_final.pth",
-    ) -> None:
-        # nnU-Net builds subnet A and reads each fold's network_weights; subnet B is read here beside them
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        if use_folds is None:
-            use_folds = nnUNetPredictor.auto_detect_available_folds(
-                model_training_output_dir, checkpoint_name
-            )
-        if isinstance(use_folds, str):
-            use_folds = [use_folds]
-        parameters, architecture = [], None
-        for fold, weights_a in zip(use_folds, self.list_of_parameters):
-            path = os.path.join(model_training_output_dir, f"fold_{fold}", checkpoint_name)
-            state = torch.load(path, map_location="cpu", weights_only=False).get("semisup_state") or {}
-            if "subnet_b" not in state:
-                raise ValueError(
-                    f"{path} has no subnet B (semisup_state['subnet_b']): predict-dual-subnet needs a model trained "
-                    f"with DualSubnetContrastTrainer or one of its variants"
-                )
-            if architecture is not None and state["subnet_b_architecture"] != architecture:
-                raise ValueError(
-                    f"folds of {model_training_output_dir} have different subnet B architectures"
-                )
-            architecture = state["subnet_b_architecture"]
-            weights = {f"b.{key}": value for key, value in state["subnet_b"].items()}
-            if self.source == "average":
-                weights.update({f"a.{key}": value for key, value in weights_a.items()})
-            parameters.append(weights)
-
+    def build_inference_network(self, config: dict, main_network: nn.Module | None) -> nn.Module:
         subnet_b = build_subnet_b(
-            architecture,
+            config,
             determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
             self.label_manager.num_segmentation_heads,
         )
-        subnet_a = self.network
-        if isinstance(subnet_a, OptimizedModule):
-            subnet_a = subnet_a._orig_mod
-        self.network = DualSubnetInferenceNetwork(subnet_b, subnet_a if self.source == "average" else None)
-        self.network.load_state_dict(parameters[0])
-        self.list_of_parameters = parameters
+        return DualSubnetInferenceNetwork(subnet_b, main_network)

@@ -9,16 +9,13 @@ Command line: ``nnunet-semisup predict-dtml --source dist|average`` (same argume
 
 from __future__ import annotations
 
-import os
-
 import torch
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch import nn
-from torch._dynamo import OptimizedModule
 
 from nnunet_semisup.distance import sdm_to_mask
+from nnunet_semisup.extra_network_prediction import ExtraNetworkPredictor
 from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
 
 SOURCES = ("dist", "average")
@@ -79,47 +76,18 @@ class DualTaskInferenceNetwork(nn.Module):
         return torch.log(probabilities)
 
 
-class DualTaskPredictor(nnUNetPredictor):
-    """``nnUNetPredictor`` for DTML models that predicts with M_d (``source='dist'``) or with the average of
-    M_s and M_d (``source='average'``); everything else is nnU-Net's predictor."""
+class DualTaskPredictor(ExtraNetworkPredictor):
+    """``nnUNetPredictor`` for DTML models that predicts with M_d (``source='dist'``, the default) or with the
+    average of M_s and M_d (``source='average'``); everything else is nnU-Net's predictor."""
 
-    def __init__(self, *args, source: str = "dist", **kwargs) -> None:
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        super().__init__(*args, **kwargs)
-        self.source = source
+    sources, default_source = SOURCES, "dist"
+    config_key = "sdm_k"
+    extra_name = "DTML distance network"
+    state_key = "dist_network"
+    extra_prefix, main_prefix = "dist", "seg"
+    command, trainer_hint = "predict-dtml", "DTMLTrainer"
 
-    def initialize_from_trained_model_folder(
-        self,
-        model_training_output_dir: str,
-        use_folds: tuple[int | str, ...] | None,
-        checkpoint_name: str = "checkpoint_final.pth",
-    ) -> None:
-        # nnU-Net builds M_s and reads each fold's network_weights; M_d's weights are read here beside them
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        if use_folds is None:
-            use_folds = nnUNetPredictor.auto_detect_available_folds(
-                model_training_output_dir, checkpoint_name
-            )
-        if isinstance(use_folds, str):
-            use_folds = [use_folds]
-        parameters, k = [], None
-        for fold, seg_weights in zip(use_folds, self.list_of_parameters):
-            path = os.path.join(model_training_output_dir, f"fold_{fold}", checkpoint_name)
-            state = torch.load(path, map_location="cpu", weights_only=False).get("semisup_state") or {}
-            if "dist_network" not in state:
-                raise ValueError(
-                    f"{path} has no DTML distance network (semisup_state['dist_network']): "
-                    f"predict-dtml needs a model trained with DTMLTrainer or one of its variants"
-                )
-            if k is not None and state["sdm_k"] != k:
-                raise ValueError(f"folds were trained with different k ({k} and {state['sdm_k']})")
-            k = state["sdm_k"]
-            weights = {f"dist.{key}": value for key, value in state["dist_network"].items()}
-            if self.source == "average":
-                weights.update({f"seg.{key}": value for key, value in seg_weights.items()})
-            parameters.append(weights)
-
+    def build_inference_network(self, config: float, main_network: nn.Module | None) -> nn.Module:
         trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
         backbone = trainer_class.build_network_architecture(
             self.plans_manager,
@@ -128,14 +96,6 @@ class DualTaskPredictor(nnUNetPredictor):
             num_sdm_channels(self.label_manager),
             enable_deep_supervision=False,
         )
-        seg_network = self.network
-        if isinstance(seg_network, OptimizedModule):
-            seg_network = seg_network._orig_mod
-        self.network = DualTaskInferenceNetwork(
-            SDMRegressionNetwork(backbone),
-            seg_network if self.source == "average" else None,
-            k,
-            self.label_manager.has_regions,
+        return DualTaskInferenceNetwork(
+            SDMRegressionNetwork(backbone), main_network, config, self.label_manager.has_regions
         )
-        self.network.load_state_dict(parameters[0])
-        self.list_of_parameters = parameters
