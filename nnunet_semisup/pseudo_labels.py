@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 
 import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 
 def select_pseudo_label_source(supervised_losses: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> int:
@@ -96,3 +98,21 @@ def filtered_pseudo_labels(
         labels = probabilities.argmax(1)
         labels = torch.where(reliable, labels, torch.full_like(labels, ignore_index))
         return labels.unsqueeze(1), reliable
+
+
+def pseudo_label_loss(ignore_index: int, batch_dice: bool, ddp: bool = False) -> DC_and_CE_loss:
+    """L_u's Dice + CE (Eq. 2): nnU-Net's ``DC_and_CE_loss`` as nnU-Net builds it for labeled data (soft Dice
+    without background, smooth 1e-5, equal weights), with the unreliable voxels' ``ignore_index`` masked out of
+    both terms.
+
+    Shapes (of the returned loss): logits (B, K, *spatial), pseudo-labels (B, 1, *spatial) from
+    :func:`filtered_pseudo_labels`. Returns a scalar.
+    """
+    return DC_and_CE_loss(
+        {"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        ignore_label=ignore_index,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )

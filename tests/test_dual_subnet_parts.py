@@ -374,3 +374,37 @@ def test_labeled_disagreement_loss_value_ignore_label_and_empty_mask():
     assert empty.item() == 0.0 and empty.requires_grad
     with pytest.raises(ValueError, match="shapes do not match"):
         LabeledDisagreementLoss()(probs, labels, mask[:, :2])
+
+
+def test_unlabeled_loss_fits_reliable_pseudo_labels_and_ignores_unreliable_voxels():
+    """L_u on a hand-made batch whose answer is known: the labelling subnet's probabilities are sharp on most
+    voxels and uniform (maximal entropy) on a few; those few are dropped, get exactly zero gradient, and
+    gradient descent on L_u alone makes the trained logits reproduce the pseudo-labels on every reliable voxel."""
+    from nnunet_semisup.pseudo_labels import pseudo_label_loss
+
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 3, (2, 4, 4, 4), generator=generator)
+    teacher = torch.nn.functional.one_hot(classes, 3).movedim(-1, 1).float() * 0.9 + 0.1 / 3
+    uncertain = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    uncertain[:, 0] = True  # 32 of 128 voxels: uniform probabilities
+    teacher[uncertain.unsqueeze(1).expand_as(teacher)] = 1 / 3
+    pseudo, reliable = filtered_pseudo_labels(teacher, 0.25, ignore_index=3, per_class=False)
+    assert torch.equal(reliable, ~uncertain)
+
+    logits = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
+    loss_fn = pseudo_label_loss(ignore_index=3, batch_dice=False)
+    loss = loss_fn(logits, pseudo)
+    loss.backward()
+    grad_norm = logits.grad.abs().sum(1)
+    assert torch.all(grad_norm[uncertain] == 0)
+    assert torch.all(grad_norm[~uncertain] > 0)
+
+    optimizer = torch.optim.SGD([logits], lr=5.0)
+    first = loss.item()
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = loss_fn(logits, pseudo)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first - 1.0  # CE ~1.1 -> ~0, Dice 0 -> ~-1
+    assert torch.equal(logits.argmax(1)[~uncertain], classes[~uncertain])

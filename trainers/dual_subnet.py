@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
@@ -19,7 +17,11 @@ from nnunet_semisup.losses.labeled_disagreement import (
     confident_foreground_disagreement_mask,
 )
 from nnunet_semisup.losses.prototype_contrast import PrototypeContrastLoss, sample_voxels
-from nnunet_semisup.pseudo_labels import filtered_pseudo_labels, select_pseudo_label_source
+from nnunet_semisup.pseudo_labels import (
+    filtered_pseudo_labels,
+    pseudo_label_loss,
+    select_pseudo_label_source,
+)
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -210,18 +212,8 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
         )
         # Dice + CE as nnU-Net's L_s (full resolution), with the unreliable voxels as ignore label
         self.pseudo_label_ignore_index = self.label_manager.num_segmentation_heads
-        self.unlabeled_loss = DC_and_CE_loss(
-            {
-                "batch_dice": self.configuration_manager.batch_dice,
-                "smooth": 1e-5,
-                "do_bg": False,
-                "ddp": self.is_ddp,
-            },
-            {},
-            weight_ce=1,
-            weight_dice=1,
-            ignore_label=self.pseudo_label_ignore_index,
-            dice_class=MemoryEfficientSoftDiceLoss,
+        self.unlabeled_loss = pseudo_label_loss(
+            self.pseudo_label_ignore_index, self.configuration_manager.batch_dice, self.is_ddp
         )
         name, _, _ = self.subnet_b_architecture()
         self.print_to_log_file(
