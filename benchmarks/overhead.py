@@ -211,10 +211,11 @@ def main() -> None:
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     )
+    width = max(28, max(len(n) for n in names) + 2)
     lines = [
         f"dataset {args.dataset} {args.configuration}, patch {trainers[0].configuration_manager.patch_size}, "
         f"batch {trainers[0].batch_size}, device {device}; {args.reps} repetitions x {args.iters} steps",
-        f"{'trainer':<28}{'s/it median':>12}{'min-max':>18}{'ratio':>8}{'ratio min-max':>16}"
+        f"{'trainer':<{width}}{'s/it median':>12}{'min-max':>18}{'ratio':>8}{'ratio min-max':>16}"
         + (f"{'CPU s/it':>10}{'CPU ratio':>11}" if args.device == "cpu" else "")
         + (f"{'peak MB':>10}" if memory else "")
         + f"{'floor':>7}",
@@ -224,7 +225,7 @@ def main() -> None:
         ratios = [t / b for t, b in zip(times, seconds[base])]
         cpu_ratios = [t / b for t, b in zip(cpu_seconds[name], cpu_seconds[base])]
         lines.append(
-            f"{name:<28}{statistics.median(times):>12.3f}{f'{min(times):.3f}-{max(times):.3f}':>18}"
+            f"{name:<{width}}{statistics.median(times):>12.3f}{f'{min(times):.3f}-{max(times):.3f}':>18}"
             f"{statistics.median(ratios):>8.2f}{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}"
             + (
                 f"{statistics.median(cpu_seconds[name]):>10.3f}{statistics.median(cpu_ratios):>11.2f}"
