@@ -187,8 +187,14 @@ def test_ablations_switch_off_their_term_and_still_train(tiny_dataset, monkeypat
         assert any(not torch.equal(b, p) for b, p in zip(before, trainer.subnet_b.parameters())), name
 
 
-def test_code_objective_trains_both_subnets_on_labeled_patches_only(tiny_dataset, monkeypatch, random_batch):
-    trainer, _ = _in_process(tiny_dataset, "DualSubnetContrastTrainer_CodeObjective", monkeypatch)
+@pytest.mark.parametrize(
+    "name", ["DualSubnetContrastTrainer_CodeObjective", "DualSubnetContrastTrainer_TwoSupervised"]
+)
+def test_code_objective_trains_both_subnets_on_labeled_patches_only(
+    tiny_dataset, monkeypatch, random_batch, name
+):
+    trainer, _ = _in_process(tiny_dataset, name, monkeypatch)
+    assert trainer.mistake_weight == (0.0 if name.endswith("TwoSupervised") else 0.5)
     assert len(trainer.optimizer.param_groups) == 2 and trainer.heads is None
     trainer.next_unlabeled_batch = lambda: pytest.fail("the code objective must not draw unlabeled patches")
     before = [[p.detach().clone() for p in net.parameters()] for net in (trainer.network, trainer.subnet_b)]

@@ -22,6 +22,7 @@ from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer_PrintedLambda,
     DualSubnetContrastTrainer_RampU,
     DualSubnetContrastTrainer_RisingT,
+    DualSubnetContrastTrainer_TwoSupervised,
 )
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
@@ -57,6 +58,7 @@ __all__ = [
     "DualSubnetContrastTrainer_PrintedLambda",
     "DualSubnetContrastTrainer_RampU",
     "DualSubnetContrastTrainer_RisingT",
+    "DualSubnetContrastTrainer_TwoSupervised",
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",

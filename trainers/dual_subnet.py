@@ -452,3 +452,12 @@ class DualSubnetContrastTrainer_CodeObjective(DualSubnetContrastTrainer):
             "loss_mistake_b": mistakes[1],
             "m_diff_fraction": mask.float().mean(),
         }
+
+
+class DualSubnetContrastTrainer_TwoSupervised(DualSubnetContrastTrainer_CodeObjective):
+    """Control: subnets A and B trained side by side on the labeled patches with nnU-Net's loss only (no
+    coupling term, no unlabeled data). Compared with ``_CodeObjective`` it isolates the effect of the public
+    code's labeled "mistake" term; compared with ``LabeledOnlyTrainer`` the effect of training two subnets in one
+    optimizer (none is expected: the subnets share no parameter and no loss term)."""
+
+    mistake_weight = 0.0
