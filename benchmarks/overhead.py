@@ -58,13 +58,12 @@ EXPECTED_FLOOR = {
     # WTA: encoder stages + one transposed conv per level on labeled+unlabeled (2B), no segmentation decoder;
     # the encoder is roughly half of the U-Net's work, so about half of a fwd+bwd on 2B
     "WTAPretrainTrainer": 1.0,
-    # decoder + encoder stages after the frozen ones on B: below nnUNetTrainer (frozen stage 0 has no backward)
-    "WTAFinetuneTrainer": 1.0,
+    # WTAFinetuneTrainer: no floor; frozen encoder stages need no weight gradients, so it is cheaper than
+    # nnUNetTrainer by an amount that depends on how many stages are frozen
     # the network on B + the first two encoder stages and their decoders on B_u = B
     "WTAMultiTaskTrainer": 4 / 3,
-    # Y-network: two encoders (image, A(Y^)) and one decoder fwd+bwd on B, about 1.5 U-Nets
-    "SelfTrainingMetaTrainer": 1.5,
-    "SelfTrainingMetaTrainer_Stage1Only": 1.5,
+    # SelfTrainingMetaTrainer(_Stage1Only): no floor; a second encoder (for A(Y^)) but no deep supervision, so
+    # its cost relative to nnUNetTrainer depends on how the encoder and the deep-supervision heads split the work
     # SparseMultiPlane2DTrainer trains a 2D U-Net on 16 slices per iteration: not a multiple of the 3D step
 }
 
@@ -87,8 +86,8 @@ def _has_own_loader(trainer) -> bool:
 
 def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict[str, dict], torch.Tensor | None]:
     """One labeled batch per trainer (nnU-Net's training loader's, shared by all trainers that train on it; a
-    trainer with a loader of its own, such as the 2D slice sampler, gets one of its own) and, if any trainer
-    needs one, one unlabeled batch."""
+    trainer with a loader of its own, such as the 2D slice sampler, or with another deep-supervision setting
+    gets one from its own loader) and, if any trainer needs one, one unlabeled batch."""
     torch.manual_seed(args.seed)
     # nnU-Net's own loaders (the unbound call skips the unlabeled loader of semi-supervised trainers)
     loader, _ = nnUNetTrainer.get_dataloaders(trainers[0])
@@ -96,8 +95,12 @@ def fixed_batches(trainers: list, args: argparse.Namespace) -> tuple[dict[str, d
     batches = {}
     for trainer in trainers:
         name = type(trainer).__name__
-        # (a semi-supervised trainer that extends get_dataloaders still trains on nnU-Net's labeled patches)
-        if _has_own_loader(trainer) and not getattr(trainer, "uses_unlabeled_data", False):
+        # (a semi-supervised trainer that extends get_dataloaders still trains on nnU-Net's labeled patches);
+        # a trainer without deep supervision (e.g. the meta-model) needs full-resolution targets only
+        own = (
+            _has_own_loader(trainer) or trainer.enable_deep_supervision != trainers[0].enable_deep_supervision
+        )
+        if own and not getattr(trainer, "uses_unlabeled_data", False):
             own_loader, _ = trainer.get_dataloaders()
             batches[name] = next(own_loader)
         else:
