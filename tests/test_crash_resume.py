@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +28,39 @@ TRAINERS = [
     "SECLTrainer",
     "DTMLTrainer",
     "DualSubnetContrastTrainer",
+    "WTAPretrainTrainer",
+    "WTAFinetuneTrainer",  # with -pretrained_weights from WTAPretrainTrainer's run (fixture wta_pretrained)
+    "WTAMultiTaskTrainer",
+    "SparseMultiPlane2DTrainer",
+    "SelfTrainingMetaTrainer",
 ]
+# the trainers added last: their processes load data in the main process (nnUNet_n_proc_DA=0), which saves CI time
+# (every augmentation worker is a Python start-up); that the kill also takes the workers is tested with the others
+NO_DA_WORKERS = {
+    "WTAPretrainTrainer",
+    "WTAFinetuneTrainer",
+    "WTAMultiTaskTrainer",
+    "SparseMultiPlane2DTrainer",
+    "SelfTrainingMetaTrainer",
+}
+# trainers that need another dataset than Dataset501_Tiny: (session fixture that builds it, dataset)
+DATASETS = {
+    "SparseMultiPlane2DTrainer": ("sparse_tiny_dataset", "Dataset520_TinySparse"),
+    "SelfTrainingMetaTrainer": ("meta_tiny_dataset", "Dataset522_TinySparseMeta"),
+}
+# entries of semisup_state that a trainer built from scratch does not have: a resumed run must get them from
+# the checkpoint (the ramp-up clock global_step is checked for every trainer)
+EXTRA_STATE = {
+    "MeanTeacherTrainer": ["teacher"],
+    "SECLTrainer": ["projector", "teacher"],
+    "DTMLTrainer": ["dist_network"],
+    "DualSubnetContrastTrainer": ["subnet_b", "heads"],
+    "WTAPretrainTrainer": ["wta_decoders"],
+    "WTAFinetuneTrainer": ["phi", "pretrained_from"],
+    "WTAMultiTaskTrainer": ["wta_decoders", "gamma"],
+    "SparseMultiPlane2DTrainer": [],
+    "SelfTrainingMetaTrainer": ["set_generator"],
+}
 # injected into the training process through PYTHONPATH: hang between writing a checkpoint and renaming it
 SITECUSTOMIZE = """
 import os, time
@@ -43,12 +77,14 @@ if _marker:
 """
 
 
-def _train_process(run, trainer: str, fold: str, extra_env: dict | None = None) -> subprocess.Popen:
+def _train_process(
+    run, trainer: str, fold: str, extra_env: dict | None = None, dataset: str = "501", extra: tuple = ()
+) -> subprocess.Popen:
     """``nnUNetv2_train`` in its own process group (so the kill also takes its data-augmentation workers)."""
     env = dict(run.env, nnUNet_semisup_schedule=SCHEDULE, **(extra_env or {}))
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "nnUNetv2_train"), "501", "3d_fullres", fold, "-tr", trainer,
-         "-device", "cpu"],
+        [str(Path(sys.executable).parent / "nnUNetv2_train"), dataset, "3d_fullres", fold, "-tr", trainer,
+         "-device", "cpu", *extra],
         env=env, cwd=run.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
@@ -78,9 +114,17 @@ def _global_step(checkpoint: dict) -> int | None:
     return None if state is None else state["global_step"]
 
 
-def _finish_with_resume(run, trainer: str, folder: Path, resumed_from_epoch: int) -> None:
+def _finish_with_resume(
+    run,
+    trainer: str,
+    folder: Path,
+    resumed_from_epoch: int,
+    dataset: str = "501",
+    extra_env: dict | None = None,
+) -> None:
     logs_before = set(folder.glob("training_log_*.txt"))
-    run.train(trainer, FOLD, SCHEDULE, "--c")
+    run("nnUNetv2_train", dataset, "3d_fullres", FOLD, "-tr", trainer, "-device", "cpu", "--c",
+        extra_env={"nnUNet_semisup_schedule": SCHEDULE, **(extra_env or {})})  # fmt: skip
     final = _load(folder / "checkpoint_final.pth")
     assert final["current_epoch"] == EPOCHS
     # the clock continued instead of restarting: EPOCHS * ITERS steps in all, whatever epoch the kill hit
@@ -92,12 +136,122 @@ def _finish_with_resume(run, trainer: str, folder: Path, resumed_from_epoch: int
     assert not [p.name for p in folder.iterdir() if ".pth.tmp" in p.name]
 
 
+def _assert_same(saved, restored, where: str) -> None:
+    """``restored`` equals ``saved`` exactly (tensors bit for bit, nested dicts and lists, NaN == NaN)."""
+    if torch.is_tensor(saved):
+        assert torch.is_tensor(restored) and saved.shape == restored.shape, where
+        assert torch.equal(saved.cpu(), restored.cpu()), f"{where} differs from the checkpoint"
+    elif isinstance(saved, dict):
+        assert isinstance(restored, dict) and saved.keys() == restored.keys(), where
+        for key in saved:
+            _assert_same(saved[key], restored[key], f"{where}.{key}")
+    elif isinstance(saved, (list, tuple)):
+        assert isinstance(restored, (list, tuple)) and len(saved) == len(restored), where
+        for i, (a, b) in enumerate(zip(saved, restored)):
+            _assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(saved, float) and math.isnan(saved):
+        assert isinstance(restored, float) and math.isnan(restored), where
+    else:
+        assert saved == restored, f"{where}: {restored!r} != checkpoint's {saved!r}"
+
+
+def _differs(a, b) -> bool:
+    try:
+        _assert_same(a, b, "")
+    except AssertionError:
+        return True
+    return False
+
+
+def _assert_checkpoint_restores_everything(
+    run, dataset: str, trainer_name: str, path: Path, monkeypatch, results: Path
+) -> None:
+    """A trainer built as ``nnUNetv2_train ... --c`` builds it, loading ``path`` as ``--c`` does: network, optimizer
+    (momentum, per-group lr), epoch and every entry of ``semisup_state`` come back exactly as saved, and the
+    method's extra state (``EXTRA_STATE``) is one a fresh trainer does not have."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, run.env[key])
+    monkeypatch.setenv("nnUNet_results", str(results))  # its log goes there, not into the killed run's folder
+    monkeypatch.setenv("nnUNet_semisup_schedule", SCHEDULE)
+    saved = _load(path)
+    trainer = get_trainer_from_args(
+        dataset, "3d_fullres", int(FOLD), trainer_name, device=torch.device("cpu")
+    )
+    if not isinstance(trainer, SemiSupervisedTrainer):
+        return  # LabeledOnlyTrainer: nnU-Net's own checkpoint, nothing of ours to restore
+    trainer.initialize()
+    fresh = trainer.get_semisup_state()
+    trainer.load_checkpoint(str(path))  # what --c does (nnU-Net's maybe_load_checkpoint)
+    assert trainer.current_epoch == saved["current_epoch"]
+    _assert_same(saved["network_weights"], unwrap_network(trainer.network).state_dict(), "network_weights")
+    _assert_same(saved["optimizer_state"], trainer.optimizer.state_dict(), "optimizer_state")
+    _assert_same(saved["semisup_state"], trainer.get_semisup_state(), "semisup_state")
+    for key in ["global_step", *EXTRA_STATE[trainer_name]]:
+        assert key in saved["semisup_state"], key
+        assert _differs(saved["semisup_state"][key], fresh[key]), f"{key}: a fresh trainer has the same value"
+    if trainer_name == "WTAFinetuneTrainer":
+        # the frozen encoder stages stay frozen after --c (no gradient, whatever the checkpoint's epoch), and
+        # unfreezing still happens on schedule in the resumed run
+        frozen, finetuned = trainer.encoder_stage_split()
+        assert frozen and finetuned
+        assert not any(p.requires_grad for m in frozen for p in m.parameters())
+        assert all(p.requires_grad for m in finetuned for p in m.parameters())
+        trainer.unfreeze_epoch = trainer.current_epoch
+        trainer.on_train_epoch_start()
+        assert all(p.requires_grad for m in frozen for p in m.parameters())
+    if trainer_name == "WTAMultiTaskTrainer":
+        assert trainer.gamma_count == saved["current_epoch"] * ITERS  # calibration continues from the sums
+    if trainer_name == "SelfTrainingMetaTrainer":
+        assert trainer.stage == saved["semisup_state"]["stage"]
+
+
+@pytest.fixture(scope="module")
+def wta_pretrained(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
+    """A WTAPretrainTrainer checkpoint_final (fold FOLD: the one this module's WTAPretrainTrainer case made, else
+    trained now), copied aside; and its network weights."""
+    final = tiny_dataset.output_folder("WTAPretrainTrainer", FOLD) / "checkpoint_final.pth"
+    if not final.is_file():
+        tiny_dataset.train("WTAPretrainTrainer", FOLD, "epochs=1,iters=2,val_iters=1")
+    copy = tmp_path_factory.mktemp("wta_pretrained") / "checkpoint_final.pth"
+    shutil.copy2(final, copy)
+    return copy, _load(copy)["network_weights"]
+
+
+def _assert_finetune_kept_the_transfer(folder: Path, wta_pretrained, phi_before_kill: float) -> None:
+    """The resumed fine-tuning did not transfer again: same phi, frozen stages exactly pretrained * phi."""
+    path, pretrained = wta_pretrained
+    final = _load(folder / "checkpoint_final.pth")
+    state = final["semisup_state"]
+    assert state["phi"] == phi_before_kill and state["pretrained_from"] == str(path)
+    weights = final["network_weights"]
+    stages = sorted({int(k.split(".")[2]) for k in weights if k.startswith("encoder.stages.")})
+    frozen = [k for k in weights if k.startswith("encoder.stages.") and int(k.split(".")[2]) < stages[-2]]
+    assert any(".conv." in k for k in frozen)
+    for key in frozen:
+        expected = pretrained[key] * phi_before_kill if ".conv." in key else pretrained[key]
+        torch.testing.assert_close(weights[key], expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("trainer", TRAINERS)
-def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tiny_dataset, trainer):
-    run = tiny_dataset
-    folder = run.output_folder(trainer, FOLD)
+def test_sigkill_mid_epoch_resumes_from_last_checkpoint(
+    request, tiny_dataset, trainer, monkeypatch, tmp_path
+):
+    fixture, dataset_name = DATASETS.get(trainer, ("tiny_dataset", "Dataset501_Tiny"))
+    run = request.getfixturevalue(fixture)
+    dataset = dataset_name[len("Dataset") : len("Dataset") + 3]
+    extra = ()
+    if trainer == "WTAFinetuneTrainer":
+        pretrained = request.getfixturevalue("wta_pretrained")
+        extra = ("-pretrained_weights", str(pretrained[0]))
+    folder = run.results / dataset_name / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{FOLD}"
+    shutil.rmtree(folder, ignore_errors=True)  # a run of another test on this fold would fake the checkpoint
     latest = folder / "checkpoint_latest.pth"
-    proc = _train_process(run, trainer, FOLD)
+    workers = {"nnUNet_n_proc_DA": "0"} if trainer in NO_DA_WORKERS else {}
+    proc = _train_process(run, trainer, FOLD, workers, dataset=dataset, extra=extra)
     # the first checkpoint_latest is written after epoch 0; kill while epoch 1 trains
     _wait_for(latest.is_file, proc, "the first checkpoint")
     _wait_for(
@@ -111,7 +265,12 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tiny_dataset, trainer):
     assert epoch in range(1, EPOCHS), epoch
     if trainer != "LabeledOnlyTrainer":
         assert _global_step(checkpoint) == epoch * ITERS
-    _finish_with_resume(run, trainer, folder, resumed_from_epoch=epoch)
+    _assert_checkpoint_restores_everything(run, dataset, trainer, latest, monkeypatch, tmp_path / "results")
+    _finish_with_resume(run, trainer, folder, resumed_from_epoch=epoch, dataset=dataset, extra_env=workers)
+    if trainer == "WTAFinetuneTrainer":
+        _assert_finetune_kept_the_transfer(folder, pretrained, checkpoint["semisup_state"]["phi"])
+    if trainer == "SelfTrainingMetaTrainer":  # 9 iterations: stage 1 for the first 4, stage 2 at the end
+        assert _load(folder / "checkpoint_final.pth")["semisup_state"]["stage"] == 2
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_dataset, tmp_path):
