@@ -7,6 +7,9 @@ exist for GPU modules. Everything of ours (extra wraps, teachers, unlabeled shar
 numeric guard's all-reduce, the per-epoch all-gather of logged terms) runs unchanged.
 
 Usage: ``RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python ddp_worker.py OUT_DIR FOLD T1,T2,...``
+where each ``T`` is a trainer name, optionally ``NAME@DATASET`` (default 501) or ``NAME@DATASET@CHECKPOINT`` (loaded
+as ``nnUNetv2_train -pretrained_weights CHECKPOINT`` loads it; a checkpoint an earlier trainer of the list wrote
+is there: the ranks wait for each other between trainers).
 Writes ``OUT_DIR/<trainer>_rank<r>.pt`` with every module's state and what the rank sampled.
 """
 
@@ -46,13 +49,24 @@ def main() -> None:
 
     base.atomic_torch_save = recording_save
 
-    for name in trainer_names:
+    for spec in trainer_names:
+        name, dataset, pretrained = (spec.split("@") + ["501", ""])[:3]
         writes.clear()
-        trainer = get_trainer_from_args("501", "3d_fullres", fold, name, device=torch.device("cpu"))
+        trainer = get_trainer_from_args(dataset, "3d_fullres", fold, name, device=torch.device("cpu"))
         assert trainer.is_ddp, "the trainer does not see the process group"
         trainer.device = torch.device("cpu")
         trainer.grad_scaler = None
+        if pretrained:  # nnU-Net's maybe_load_checkpoint(..., pretrained_weights_file) on every rank
+            from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+            argv = list(sys.argv)
+            sys.argv = [sys.argv[0], "-pretrained_weights", pretrained]  # the trainer reads it from there
+            trainer.initialize()
+            load_pretrained_weights(trainer.network, pretrained)
         trainer.run_training()
+        if pretrained:
+            sys.argv = argv
+        dist.barrier()  # rank 0's checkpoints are on disk before the next trainer starts
         modules = {
             attribute: base.unwrap_network(module).state_dict()
             for attribute, module in vars(trainer).items()

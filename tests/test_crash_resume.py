@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -22,27 +23,35 @@ pytestmark = pytest.mark.e2e
 FOLD = "3"  # a fold no other test trains through the console scripts
 EPOCHS, ITERS = 3, 3
 SCHEDULE = f"epochs={EPOCHS},iters={ITERS},val_iters=1,save_every=1"
+# with SEMISUP_TEST_ALL_KILLS=1 every trainer is killed; by default (CI time) the trainers added last whose resume
+# has nothing process-specific are covered by test_exact_resume_in_process only (they passed the kill test too)
+ALL_KILLS = os.environ.get("SEMISUP_TEST_ALL_KILLS") == "1"
+_ONLY_WITH_ALL_KILLS = pytest.mark.skipif(
+    not ALL_KILLS, reason="covered by test_exact_resume_in_process; SEMISUP_TEST_ALL_KILLS=1 kills it too"
+)
 TRAINERS = [
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "SECLTrainer",
     "DTMLTrainer",
     "DualSubnetContrastTrainer",
+    pytest.param("WTAPretrainTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    # -pretrained_weights (fixture wta_pretrained); --c must not transfer (scale by phi) a second time
+    "WTAFinetuneTrainer",
+    pytest.param("WTAMultiTaskTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("SparseMultiPlane2DTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    "SelfTrainingMetaTrainer",  # the stage (random set / nearest-neighbour fit) follows the restored clock
+]
+NEW_TRAINERS = [
     "WTAPretrainTrainer",
-    "WTAFinetuneTrainer",  # with -pretrained_weights from WTAPretrainTrainer's run (fixture wta_pretrained)
+    "WTAFinetuneTrainer",
     "WTAMultiTaskTrainer",
     "SparseMultiPlane2DTrainer",
     "SelfTrainingMetaTrainer",
 ]
 # the trainers added last: their processes load data in the main process (nnUNet_n_proc_DA=0), which saves CI time
 # (every augmentation worker is a Python start-up); that the kill also takes the workers is tested with the others
-NO_DA_WORKERS = {
-    "WTAPretrainTrainer",
-    "WTAFinetuneTrainer",
-    "WTAMultiTaskTrainer",
-    "SparseMultiPlane2DTrainer",
-    "SelfTrainingMetaTrainer",
-}
+NO_DA_WORKERS = set(NEW_TRAINERS)
 # trainers that need another dataset than Dataset501_Tiny: (session fixture that builds it, dataset)
 DATASETS = {
     "SparseMultiPlane2DTrainer": ("sparse_tiny_dataset", "Dataset520_TinySparse"),
@@ -184,7 +193,7 @@ def _assert_checkpoint_restores_everything(
     if not isinstance(trainer, SemiSupervisedTrainer):
         return  # LabeledOnlyTrainer: nnU-Net's own checkpoint, nothing of ours to restore
     trainer.initialize()
-    fresh = trainer.get_semisup_state()
+    fresh = copy.deepcopy(trainer.get_semisup_state())  # state_dicts share storage with the modules
     trainer.load_checkpoint(str(path))  # what --c does (nnU-Net's maybe_load_checkpoint)
     assert trainer.current_epoch == saved["current_epoch"]
     _assert_same(saved["network_weights"], unwrap_network(trainer.network).state_dict(), "network_weights")
@@ -204,21 +213,30 @@ def _assert_checkpoint_restores_everything(
         trainer.on_train_epoch_start()
         assert all(p.requires_grad for m in frozen for p in m.parameters())
     if trainer_name == "WTAMultiTaskTrainer":
-        assert trainer.gamma_count == saved["current_epoch"] * ITERS  # calibration continues from the sums
+        # calibration (25 iterations) continues from the restored sums: one per step so far
+        assert trainer.gamma_count == saved["semisup_state"]["global_step"]
     if trainer_name == "SelfTrainingMetaTrainer":
         assert trainer.stage == saved["semisup_state"]["stage"]
 
 
 @pytest.fixture(scope="module")
 def wta_pretrained(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
-    """A WTAPretrainTrainer checkpoint_final (fold FOLD: the one this module's WTAPretrainTrainer case made, else
-    trained now), copied aside; and its network weights."""
-    final = tiny_dataset.output_folder("WTAPretrainTrainer", FOLD) / "checkpoint_final.pth"
-    if not final.is_file():
-        tiny_dataset.train("WTAPretrainTrainer", FOLD, "epochs=1,iters=2,val_iters=1")
-    copy = tmp_path_factory.mktemp("wta_pretrained") / "checkpoint_final.pth"
-    shutil.copy2(final, copy)
-    return copy, _load(copy)["network_weights"]
+    """A WTAPretrainTrainer checkpoint (built in this process, initial weights: what matters here is that they
+    are not the fine-tuning's own initialization), and its network weights."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    path = tmp_path_factory.mktemp("wta_pretrained") / "checkpoint_final.pth"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+            mp.setenv(key, tiny_dataset.env[key])
+        mp.setenv("nnUNet_results", str(path.parent / "results"))
+        torch.manual_seed(7)
+        trainer = get_trainer_from_args(
+            "501", "3d_fullres", int(FOLD), "WTAPretrainTrainer", device=torch.device("cpu")
+        )
+        trainer.initialize()
+        trainer.save_checkpoint(str(path))
+    return path, _load(path)["network_weights"]
 
 
 def _assert_finetune_kept_the_transfer(folder: Path, wta_pretrained, phi_before_kill: float) -> None:
@@ -231,8 +249,9 @@ def _assert_finetune_kept_the_transfer(folder: Path, wta_pretrained, phi_before_
     stages = sorted({int(k.split(".")[2]) for k in weights if k.startswith("encoder.stages.")})
     frozen = [k for k in weights if k.startswith("encoder.stages.") and int(k.split(".")[2]) < stages[-2]]
     assert any(".conv." in k for k in frozen)
-    for key in frozen:
-        expected = pretrained[key] * phi_before_kill if ".conv." in key else pretrained[key]
+    for key in frozen:  # convolutions (also named all_modules.0) scaled by phi, normalization as transferred
+        scaled = ".conv." in key or ".all_modules.0." in key
+        expected = pretrained[key] * phi_before_kill if scaled else pretrained[key]
         torch.testing.assert_close(weights[key], expected, rtol=0, atol=0)
 
 
@@ -299,3 +318,74 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tiny_dataset,
     assert not leftovers[0].exists(), "the killed write's temporary file was not cleaned up"
     (new_log,) = set(folder.glob("training_log_*.txt")) - logs_before
     assert "unfinished checkpoint write" in new_log.read_text()
+
+
+def _module_states(trainer) -> dict:
+    """Every module of the trainer (network, teachers, heads, ...), its optimizer and its semisup_state."""
+    from nnunet_semisup.trainers.base import unwrap_network
+
+    modules = {
+        name: unwrap_network(module).state_dict()
+        for name, module in vars(trainer).items()
+        if isinstance(module, torch.nn.Module) and any(True for _ in module.state_dict())
+    }
+    return copy.deepcopy(
+        {
+            "modules": modules,
+            "optimizer": trainer.optimizer.state_dict(),
+            "semisup": trainer.get_semisup_state(),
+        }
+    )
+
+
+@pytest.mark.parametrize("trainer", NEW_TRAINERS)
+def test_exact_resume_in_process(request, trainer, monkeypatch, tmp_path):
+    """Train two steps, save a checkpoint, build a new trainer and load it as --c does: every state is restored
+    (see _assert_checkpoint_restores_everything), and the next step of the resumed trainer is bit for bit the
+    next step of the uninterrupted one (same batch): nothing a step depends on was left out of the checkpoint."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    fixture, dataset_name = DATASETS.get(trainer, ("tiny_dataset", "Dataset501_Tiny"))
+    run = request.getfixturevalue(fixture)
+    dataset = dataset_name[len("Dataset") : len("Dataset") + 3]
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, run.env[key])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_semisup_schedule", SCHEDULE)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # loaders in this process
+
+    def build():
+        return get_trainer_from_args(dataset, "3d_fullres", int(FOLD), trainer, device=torch.device("cpu"))
+
+    torch.manual_seed(0)
+    first = build()
+    if trainer == "WTAFinetuneTrainer":  # nnUNetv2_train ... -pretrained_weights PATH
+        path, _ = request.getfixturevalue("wta_pretrained")
+        monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "-pretrained_weights", str(path)])
+        first.initialize()
+        load_pretrained_weights(first.network, str(path))
+    first.on_train_start()
+    first.on_train_epoch_start()
+    for _ in range(2):
+        first.train_step(next(first.dataloader_train))
+    checkpoint = tmp_path / "checkpoint_latest.pth"
+    first.save_checkpoint(str(checkpoint))
+
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "--c"])
+    _assert_checkpoint_restores_everything(
+        run, dataset, trainer, checkpoint, monkeypatch, tmp_path / "results"
+    )
+    torch.manual_seed(1)  # other random initial weights: only the checkpoint can make them equal
+    resumed = build()
+    resumed.load_checkpoint(str(checkpoint))
+    resumed.on_train_start()  # as nnUNetv2_train --c: no fresh start (WTA fine-tuning: no second transfer)
+    # (no on_train_epoch_start: the checkpoint was taken mid-epoch, with that epoch's learning rate)
+    batch = next(first.dataloader_train)
+    if first.uses_unlabeled_data:
+        unlabeled = first.next_unlabeled_batch()
+        first.next_unlabeled_batch = resumed.next_unlabeled_batch = lambda: unlabeled
+    first.train_step(batch)
+    resumed.train_step(batch)
+    assert resumed.global_step == first.global_step == 3
+    _assert_same(_module_states(first), _module_states(resumed), trainer)
