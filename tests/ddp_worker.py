@@ -50,7 +50,10 @@ def main() -> None:
     base.atomic_torch_save = recording_save
 
     for spec in trainer_names:
-        name, dataset, pretrained = (spec.split("@") + ["501", ""])[:3]
+        parts = spec.split("@")
+        name = parts[0]
+        dataset = parts[1] if len(parts) > 1 else "501"
+        pretrained = parts[2] if len(parts) > 2 else ""
         writes.clear()
         trainer = get_trainer_from_args(dataset, "3d_fullres", fold, name, device=torch.device("cpu"))
         assert trainer.is_ddp, "the trainer does not see the process group"
