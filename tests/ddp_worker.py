@@ -3,7 +3,8 @@
 ``nnUNetv2_train -num_gpus N`` runs ``trainer.run_training()`` in N processes joined by an NCCL process group on
 N GPUs. Here the same trainer code runs on CPU with the gloo backend: the only substitutions are the device
 (nnU-Net sets ``cuda:<rank>`` when a process group exists) and nnU-Net's own DDP wrap, whose ``device_ids`` only
-exist for GPU modules. Everything of ours (extra wraps, teachers, unlabeled sharding, rank-0 writes, the
+exist for GPU modules (and, for ``-pretrained_weights``, the ``cuda:<rank>`` map location nnU-Net loads the
+checkpoint to). Everything of ours (extra wraps, teachers, unlabeled sharding, rank-0 writes, the
 numeric guard's all-reduce, the per-epoch all-gather of logged terms) runs unchanged.
 
 Usage: ``RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python ddp_worker.py OUT_DIR FOLD T1,T2,...``
@@ -65,7 +66,19 @@ def main() -> None:
             argv = list(sys.argv)
             sys.argv = [sys.argv[0], "-pretrained_weights", pretrained]  # the trainer reads it from there
             trainer.initialize()
-            load_pretrained_weights(trainer.network, pretrained)
+            real_load = torch.load
+
+            def cpu_load(*args, map_location=None, **kwargs):
+                # nnU-Net maps the checkpoint to cuda:<rank> when a process group exists: CPU here
+                if isinstance(map_location, torch.device) and map_location.type == "cuda":
+                    map_location = torch.device("cpu")
+                return real_load(*args, map_location=map_location, **kwargs)
+
+            torch.load = cpu_load
+            try:
+                load_pretrained_weights(trainer.network, pretrained)
+            finally:
+                torch.load = real_load
         trainer.run_training()
         if pretrained:
             sys.argv = argv
