@@ -29,6 +29,16 @@ def _cpu_ddp(module: torch.nn.Module, device_ids=None, **kwargs) -> DistributedD
     return DistributedDataParallel(module, **kwargs)
 
 
+_REAL_TORCH_LOAD = torch.load
+
+
+def _cpu_load(*args, map_location=None, **kwargs):
+    """``torch.load`` for nnU-Net's ``load_pretrained_weights``, which maps to ``cuda:<rank>`` under DDP: CPU."""
+    if isinstance(map_location, torch.device) and map_location.type == "cuda":
+        map_location = torch.device("cpu")
+    return _REAL_TORCH_LOAD(*args, map_location=map_location, **kwargs)
+
+
 def main() -> None:
     out_dir, fold, trainer_names = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
     rank = int(os.environ["RANK"])
@@ -66,19 +76,11 @@ def main() -> None:
             argv = list(sys.argv)
             sys.argv = [sys.argv[0], "-pretrained_weights", pretrained]  # the trainer reads it from there
             trainer.initialize()
-            real_load = torch.load
-
-            def cpu_load(*args, map_location=None, **kwargs):
-                # nnU-Net maps the checkpoint to cuda:<rank> when a process group exists: CPU here
-                if isinstance(map_location, torch.device) and map_location.type == "cuda":
-                    map_location = torch.device("cpu")
-                return real_load(*args, map_location=map_location, **kwargs)
-
-            torch.load = cpu_load
+            torch.load = _cpu_load
             try:
                 load_pretrained_weights(trainer.network, pretrained)
             finally:
-                torch.load = real_load
+                torch.load = _REAL_TORCH_LOAD
         trainer.run_training()
         if pretrained:
             sys.argv = argv
