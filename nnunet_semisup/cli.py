@@ -123,9 +123,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.labels_json:
         with open(args.labels_json) as f:
             labels = {k: v for k, v in json.load(f)["labels"].items() if k != "background" and v != 0}
-    summary = evaluate_folders(
-        args.pred, args.ref, file_ending=args.file_ending, labels=labels, num_processes=args.np
-    )
+    try:
+        summary = evaluate_folders(
+            args.pred, args.ref, file_ending=args.file_ending, labels=labels, num_processes=args.np
+        )
+    except (ValueError, FileNotFoundError) as e:  # bad input: the message names the case, files and fix
+        print(f"nnunet-semisup evaluate: error: {e}", file=sys.stderr)
+        return 2
     print(format_table(summary))
     output = args.o or os.path.join(args.pred, "semisup_summary.json")
     save_summary(summary, output)

@@ -116,7 +116,10 @@ def sparsify_dataset(
             seg, properties = labels_read[case]
             if seg.max() >= ignore:
                 raise SparsifyError(
-                    f"{files[case]['label']} has label {int(seg.max())}, not declared in dataset.json"
+                    f"{files[case]['label']} has label {int(seg.max())}, not declared in "
+                    f"{source_folder}/dataset.json. sparsify needs a densely labeled source whose labels are all "
+                    f"declared; if this dataset is already sparse (label {int(seg.max())} = unannotated), do not "
+                    f'sparsify it: declare that value as "ignore" in its dataset.json and train on it directly.'
                 )
             mask = annotated_mask(seg.shape, plan["cases"][case])
             kept += int(mask.sum())

@@ -200,3 +200,26 @@ def sparse_tiny_dataset(tiny_dataset) -> ConsoleRunner:
            str(SPARSE_TINY_ID), "--name", "TinySparse", "--no-progress")  # fmt: skip
     runner("nnUNetv2_plan_and_preprocess", "-d", str(SPARSE_TINY_ID), "-c", "3d_fullres", "-np", "1")
     return runner
+
+
+META_TINY_ID = 522
+META_TINY_NAME = "Dataset522_TinySparseMeta"
+
+
+@pytest.fixture(scope="session")
+def meta_tiny_dataset(sparse_tiny_dataset) -> ConsoleRunner:
+    """Dataset522_TinySparseMeta, the meta dataset of the annotation-sparsification cascade on Dataset520: the 2D
+    (``SparseMultiPlane2DTrainer``) and 3D (``LabeledOnlyTrainer``) base models trained on fold 0 (1 epoch of 2
+    iterations), ``nnunet-semisup pseudo-labels`` into ``root/pseudo`` (also writing Dataset521_TinySparseFused),
+    and ``nnUNetv2_preprocess`` of the meta dataset with the plans ``pseudo-labels`` wrote."""
+    runner = sparse_tiny_dataset
+    schedule = {"nnUNet_semisup_schedule": "epochs=1,iters=2,val_iters=1"}
+    for trainer in ("SparseMultiPlane2DTrainer", "LabeledOnlyTrainer"):
+        runner("nnUNetv2_train", str(SPARSE_TINY_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu",
+               extra_env=schedule)  # fmt: skip
+    runner("nnunet-semisup", "pseudo-labels", "-d", str(SPARSE_TINY_ID), "-f", "0", "-o",
+           str(runner.root / "pseudo"), "--device", "cpu", "--disable-tta", "--fused-id", "521", "--meta-id",
+           str(META_TINY_ID), "--no-progress")  # fmt: skip
+    runner("nnUNetv2_preprocess", "-d", str(META_TINY_ID), "-plans_name", "nnUNetPlans", "-c", "3d_fullres",
+           "-np", "1")  # fmt: skip
+    return runner

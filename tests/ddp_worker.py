@@ -3,10 +3,14 @@
 ``nnUNetv2_train -num_gpus N`` runs ``trainer.run_training()`` in N processes joined by an NCCL process group on
 N GPUs. Here the same trainer code runs on CPU with the gloo backend: the only substitutions are the device
 (nnU-Net sets ``cuda:<rank>`` when a process group exists) and nnU-Net's own DDP wrap, whose ``device_ids`` only
-exist for GPU modules. Everything of ours (extra wraps, teachers, unlabeled sharding, rank-0 writes, the
+exist for GPU modules (and, for ``-pretrained_weights``, the ``cuda:<rank>`` map location nnU-Net loads the
+checkpoint to). Everything of ours (extra wraps, teachers, unlabeled sharding, rank-0 writes, the
 numeric guard's all-reduce, the per-epoch all-gather of logged terms) runs unchanged.
 
 Usage: ``RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python ddp_worker.py OUT_DIR FOLD T1,T2,...``
+where each ``T`` is a trainer name, optionally ``NAME@DATASET`` (default 501) or ``NAME@DATASET@CHECKPOINT`` (loaded
+as ``nnUNetv2_train -pretrained_weights CHECKPOINT`` loads it; a checkpoint an earlier trainer of the list wrote
+is there: the ranks wait for each other between trainers).
 Writes ``OUT_DIR/<trainer>_rank<r>.pt`` with every module's state and what the rank sampled.
 """
 
@@ -23,6 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 def _cpu_ddp(module: torch.nn.Module, device_ids=None, **kwargs) -> DistributedDataParallel:
     """nnU-Net's ``DDP(network, device_ids=[rank])`` for a CPU module (``device_ids`` must be None there)."""
     return DistributedDataParallel(module, **kwargs)
+
+
+_REAL_TORCH_LOAD = torch.load
+
+
+def _cpu_load(*args, map_location=None, **kwargs):
+    """``torch.load`` for nnU-Net's ``load_pretrained_weights``, which maps to ``cuda:<rank>`` under DDP: CPU."""
+    if isinstance(map_location, torch.device) and map_location.type == "cuda":
+        map_location = torch.device("cpu")
+    return _REAL_TORCH_LOAD(*args, map_location=map_location, **kwargs)
 
 
 def main() -> None:
@@ -46,13 +60,31 @@ def main() -> None:
 
     base.atomic_torch_save = recording_save
 
-    for name in trainer_names:
+    for spec in trainer_names:
+        parts = spec.split("@")
+        name = parts[0]
+        dataset = parts[1] if len(parts) > 1 else "501"
+        pretrained = parts[2] if len(parts) > 2 else ""
         writes.clear()
-        trainer = get_trainer_from_args("501", "3d_fullres", fold, name, device=torch.device("cpu"))
+        trainer = get_trainer_from_args(dataset, "3d_fullres", fold, name, device=torch.device("cpu"))
         assert trainer.is_ddp, "the trainer does not see the process group"
         trainer.device = torch.device("cpu")
         trainer.grad_scaler = None
+        if pretrained:  # nnU-Net's maybe_load_checkpoint(..., pretrained_weights_file) on every rank
+            from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+            argv = list(sys.argv)
+            sys.argv = [sys.argv[0], "-pretrained_weights", pretrained]  # the trainer reads it from there
+            trainer.initialize()
+            torch.load = _cpu_load
+            try:
+                load_pretrained_weights(trainer.network, pretrained)
+            finally:
+                torch.load = _REAL_TORCH_LOAD
         trainer.run_training()
+        if pretrained:
+            sys.argv = argv
+        dist.barrier()  # rank 0's checkpoints are on disk before the next trainer starts
         modules = {
             attribute: base.unwrap_network(module).state_dict()
             for attribute, module in vars(trainer).items()

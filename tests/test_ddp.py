@@ -16,7 +16,29 @@ pytestmark = pytest.mark.e2e
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 FOLD = 4  # a fold no other test trains
-TRAINERS = ["MeanTeacherTrainer", "SECLTrainer", "DTMLTrainer", "DualSubnetContrastTrainer"]
+# trainer -> the dataset it trains on (its session fixture builds it)
+DATASETS = {
+    "MeanTeacherTrainer": "Dataset501_Tiny",
+    "SECLTrainer": "Dataset501_Tiny",
+    "DTMLTrainer": "Dataset501_Tiny",
+    "DualSubnetContrastTrainer": "Dataset501_Tiny",
+    "WTAPretrainTrainer": "Dataset501_Tiny",
+    "WTAFinetuneTrainer": "Dataset501_Tiny",  # -pretrained_weights: WTAPretrainTrainer's DDP run just before
+    "WTAMultiTaskTrainer": "Dataset501_Tiny",
+    "SparseMultiPlane2DTrainer": "Dataset520_TinySparse",
+    "SelfTrainingMetaTrainer": "Dataset522_TinySparseMeta",
+}
+TRAINERS = list(DATASETS)
+# trainers with networks, heads or teachers besides nnU-Net's self.network
+EXTRA_MODULES = [
+    "MeanTeacherTrainer",
+    "SECLTrainer",
+    "DTMLTrainer",
+    "DualSubnetContrastTrainer",
+    "WTAPretrainTrainer",
+    "WTAMultiTaskTrainer",
+]
+UNLABELED = EXTRA_MODULES  # the trainers that draw unlabeled batches
 
 
 def _free_port() -> int:
@@ -26,7 +48,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tiny_dataset, tmp_path_factory) -> Path:
+def _folder(run, trainer: str) -> Path:
+    return run.results / DATASETS[trainer] / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{FOLD}"
+
+
+def _spec(run, trainer: str) -> str:
+    """The worker's ``NAME@DATASET[@PRETRAINED]``."""
+    spec = f"{trainer}@{DATASETS[trainer][len('Dataset') : len('Dataset') + 3]}"
+    if trainer == "WTAFinetuneTrainer":
+        spec += f"@{_folder(run, 'WTAPretrainTrainer') / 'checkpoint_final.pth'}"
+    return spec
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tiny_dataset, meta_tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     env = dict(
         tiny_dataset.env,
@@ -39,7 +74,13 @@ def ddp_results(tiny_dataset, tmp_path_factory) -> Path:
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), str(FOLD), ",".join(TRAINERS)],
+            [
+                sys.executable,
+                str(WORKER),
+                str(out),
+                str(FOLD),
+                ",".join(_spec(tiny_dataset, t) for t in TRAINERS),
+            ],
             env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -71,7 +112,9 @@ def test_every_network_head_and_teacher_is_identical_on_both_ranks(ddp_results, 
     # wrap (broadcast at wrap time, gradient averaging) and teachers made after the wrap keep them equal
     r0, r1 = _load(ddp_results, trainer, 0), _load(ddp_results, trainer, 1)
     assert r0["modules"].keys() == r1["modules"].keys()
-    assert "network" in r0["modules"] and len(r0["modules"]) >= 2, sorted(r0["modules"])
+    assert "network" in r0["modules"], sorted(r0["modules"])
+    if trainer in EXTRA_MODULES:
+        assert len(r0["modules"]) >= 2, sorted(r0["modules"])
     for attribute, state in r0["modules"].items():
         other = r1["modules"][attribute]
         assert state.keys() == other.keys(), attribute
@@ -80,7 +123,7 @@ def test_every_network_head_and_teacher_is_identical_on_both_ranks(ddp_results, 
     assert r0["global_step"] == r1["global_step"] == 4
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("trainer", UNLABELED)
 def test_ranks_sample_disjoint_unlabeled_cases(ddp_results, trainer, tiny_dataset):
     r0, r1 = _load(ddp_results, trainer, 0), _load(ddp_results, trainer, 1)
     assert r0["unlabeled_case_ids"] and r1["unlabeled_case_ids"]
@@ -97,7 +140,27 @@ def test_only_rank_zero_writes_checkpoints(ddp_results, trainer, tiny_dataset):
     r0, r1 = _load(ddp_results, trainer, 0), _load(ddp_results, trainer, 1)
     assert "checkpoint_final.pth" in r0["checkpoint_writes"]
     assert r1["checkpoint_writes"] == []
-    final = tiny_dataset.output_folder(trainer, str(FOLD)) / "checkpoint_final.pth"
+    final = _folder(tiny_dataset, trainer) / "checkpoint_final.pth"
     checkpoint = torch.load(final, map_location="cpu", weights_only=False)
     assert checkpoint["semisup_state"]["global_step"] == 4
     assert not [n for n in os.listdir(final.parent) if ".pth.tmp" in n]
+
+
+def test_finetuning_got_the_pretrained_encoder_on_both_ranks(ddp_results, tiny_dataset):
+    # both ranks loaded the DDP pretraining's checkpoint and scaled it by the same phi before training: the
+    # frozen encoder stages are exactly the pretrained ones times phi on both ranks
+    pretrained_path = _folder(tiny_dataset, "WTAPretrainTrainer") / "checkpoint_final.pth"
+    pretrained = torch.load(pretrained_path, map_location="cpu", weights_only=False)["network_weights"]
+    final = torch.load(
+        _folder(tiny_dataset, "WTAFinetuneTrainer") / "checkpoint_final.pth",
+        map_location="cpu",
+        weights_only=False,
+    )
+    phi = final["semisup_state"]["phi"]
+    assert isinstance(phi, float) and final["semisup_state"]["pretrained_from"] == str(pretrained_path)
+    frozen = [k for k in pretrained if k.startswith("encoder.stages.0.") and ".conv." in k]
+    assert frozen
+    for rank in range(2):
+        weights = _load(ddp_results, "WTAFinetuneTrainer", rank)["modules"]["network"]
+        for key in frozen:
+            torch.testing.assert_close(weights[key], pretrained[key] * phi)

@@ -18,8 +18,6 @@ from nnunet_semisup.multiplane_pseudo_labels import (
     nearest_pseudo_label_set,
 )
 
-SCHEDULE = {"nnUNet_semisup_schedule": "epochs=1,iters=2,val_iters=1"}
-
 
 def test_nearest_neighbour_fit_picks_the_set_with_the_lowest_cross_entropy():
     generator = torch.Generator().manual_seed(0)
@@ -80,11 +78,11 @@ def _read(path) -> np.ndarray:
 
 
 @pytest.mark.e2e
-def test_cascade_end_to_end_on_tiny_sparse_data(sparse_tiny_dataset):
-    run = sparse_tiny_dataset
+def test_cascade_end_to_end_on_tiny_sparse_data(meta_tiny_dataset):
+    # the fixture trained the 2D and 3D base models on fold 0, ran pseudo-labels (root/pseudo, Dataset521 and
+    # Dataset522) and preprocessed Dataset522
+    run = meta_tiny_dataset
     sparse = run.raw / "Dataset520_TinySparse"
-    for trainer in ("SparseMultiPlane2DTrainer", "LabeledOnlyTrainer"):
-        run("nnUNetv2_train", "520", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", extra_env=SCHEDULE)
     # nnUNetv2_train's final validation predicted the 2D model's validation case through nnU-Net's predictor
     fold2d = (
         run.results
@@ -94,8 +92,6 @@ def test_cascade_end_to_end_on_tiny_sparse_data(sparse_tiny_dataset):
     )
     assert len(list((fold2d / "validation").glob("*.nii.gz"))) == 1
     out = run.root / "pseudo"
-    run("nnunet-semisup", "pseudo-labels", "-d", "520", "-f", "0", "-o", str(out), "--device", "cpu",
-        "--disable-tta", "--fused-id", "521", "--meta-id", "522", "--no-progress")  # fmt: skip
 
     manifest = json.loads((out / "pseudo_labels.json").read_text())
     train = sorted(p.name[: -len(".nii.gz")] for p in (sparse / "labelsTr").iterdir())
@@ -129,7 +125,6 @@ def test_cascade_end_to_end_on_tiny_sparse_data(sparse_tiny_dataset):
     assert np.array_equal(
         _read(meta / "imagesTr" / f"{case}_0005.nii.gz"), _read(out / "xy" / f"{case}.nii.gz")
     )
-    run("nnUNetv2_preprocess", "-d", "522", "-plans_name", "nnUNetPlans", "-c", "3d_fullres", "-np", "1")
     run("nnUNetv2_train", "522", "3d_fullres", "0", "-tr", "SelfTrainingMetaTrainer", "-device", "cpu",
         extra_env={"nnUNet_semisup_schedule": "epochs=2,iters=2,val_iters=1"})  # fmt: skip
     fold = (

@@ -265,12 +265,19 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         """(B_u, C, *patch) images of the next unlabeled batch, on the training device."""
         return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
-    def wrap_ddp(self, module: torch.nn.Module, sync_batchnorm: bool = True) -> DDP:
+    def wrap_ddp(
+        self, module: torch.nn.Module, sync_batchnorm: bool = True, find_unused_parameters: bool = False
+    ) -> DDP:
         """``module`` in its own DDP wrapper (for extra networks and heads that run outside nnU-Net's wrapped
-        ``self.network``): rank 0's weights are broadcast, gradients averaged across ranks."""
+        ``self.network``): rank 0's weights are broadcast, gradients averaged across ranks.
+        ``find_unused_parameters``: set when some parameters of ``module`` get no gradient in a step."""
         if sync_batchnorm:
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        return DDP(
+            module,
+            device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
 
     # ------------------------------------------------------------------ training loop hooks
     def on_train_start(self) -> None:

@@ -234,6 +234,10 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
         net, divisor = plainconv_unet_2d(
             configuration_manager.network_arch_init_kwargs, num_input_channels, num_output_channels, False
         )
+        # without deep supervision only the last seg layer runs: the others are frozen, so that DDP (-num_gpus > 1)
+        # does not wait for their gradients (their weights stay in the checkpoint, unused as before)
+        for layer in net.decoder.seg_layers[:-1]:
+            layer.requires_grad_(False)
         return SliceWiseNetwork(net, divisor, network_axis("xy", plans_manager.transpose_forward))
 
     def _load_cases(self, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -247,16 +251,18 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
         return cases
 
     def get_dataloaders(self):
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets inference mirroring axes
         ignore = self.label_manager.ignore_label
         if ignore is None:
             raise RuntimeError(
                 f"{self.__class__.__name__} trains on sparse labels, but {self.plans_manager.dataset_name}'s "
-                "dataset.json has no 'ignore' label. Make a sparse dataset with `nnunet-semisup sparsify` (or add "
-                "the ignore label to your own partial annotations) and preprocess it."
+                f"dataset.json ({self.preprocessed_dataset_folder_base}/dataset.json, copied from nnUNet_raw) has "
+                "no 'ignore' label. Make a sparse dataset with `nnunet-semisup sparsify`, or, for your own partial "
+                'annotations, declare the value of unannotated voxels as "ignore" (the highest label value) in '
+                "nnUNet_raw's dataset.json and run nnUNetv2_plan_and_preprocess again."
             )
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets inference mirroring axes
         tr_keys, val_keys = self.do_split()
         axes = {p: network_axis(p, self.plans_manager.transpose_forward) for p in self.planes}
         patch = list(self.configuration_manager.patch_size)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from torch import nn
 
 from nnunet_semisup.data.loader import CentreGaussianDataLoader, UnlabeledDataLoader
 from nnunet_semisup.data.unlabeled import UnlabeledDataError, unlabeled_status
@@ -25,6 +26,27 @@ from nnunet_semisup.wta import (
 )
 
 WTA_HEADS_KEY = "wta_decoders"
+
+
+class WTAPretrainStep(nn.Module):
+    """The encoder and the WTA decoders of one pretraining step as one module, so that a single DDP wrap covers
+    every parameter that gets a gradient (nnU-Net's wrap of the whole network is never called in training: its
+    decoder is unused here). Holds references to the network's encoder and the heads, no copies.
+
+    ``forward(images (B, C, *patch))`` -> (mean WTA loss over the levels, [loss per level]).
+    """
+
+    def __init__(self, encoder: nn.Module, heads: WTAAutoencoderHeads, detach_level_inputs: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.detach_level_inputs = detach_level_inputs
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        inputs, outputs = encoder_level_features(
+            self.encoder, images, self.heads.num_levels, self.detach_level_inputs
+        )
+        return self.heads(inputs, outputs)
 
 
 class WTATrainerBase(SemiSupervisedTrainer):
@@ -84,13 +106,30 @@ class WTATrainerBase(SemiSupervisedTrainer):
         optimizer.add_param_group({"params": list(self.wta_heads.parameters())})
         return optimizer, lr_scheduler
 
+    def build_wta_step(self) -> nn.Module:
+        """The module of one training step (network parts + ``self.wta_heads``) that the subclass calls."""
+        raise NotImplementedError
+
     def initialize(self) -> None:
-        if self.is_ddp:
-            raise NotImplementedError(
-                f"{self.__class__.__name__} calls the network's encoder directly, which bypasses DDP's gradient "
-                f"synchronization: multi-GPU training (-num_gpus > 1) is not supported; train on one GPU"
-            )
         super().initialize()
+        # the training step's forward runs through one module that holds every trained part; with -num_gpus > 1
+        # it gets one DDP wrap (rank 0's decoders broadcast, all gradients averaged). nnU-Net's own wrap of
+        # self.network stays for validation and prediction.
+        step = self.build_wta_step()
+        n_stages = len(unwrap_network(self.network).encoder.stages)
+        self.wta_step = (
+            self.wrap_ddp(
+                step,
+                sync_batchnorm=False,
+                find_unused_parameters=self.wta_step_has_unused_parameters(n_stages),
+            )
+            if self.is_ddp
+            else step
+        )
+
+    def wta_step_has_unused_parameters(self, n_stages: int) -> bool:
+        """Whether some parameters of the step module get no gradient (encoder stages past the WTA levels)."""
+        return self.num_wta_levels < n_stages
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -191,12 +230,15 @@ class WTAPretrainTrainer(WTATrainerBase):
             self.dataloader_labeled_images._finish()
         self.dataloader_labeled_images = None
 
+    def build_wta_step(self) -> nn.Module:
+        return WTAPretrainStep(self.encoder, self.wta_heads, detach_level_inputs=True)
+
     def compute_loss(self, data, target, unlabeled):
         if self.dataloader_labeled_images is not None:
             data = next(self.dataloader_labeled_images)["data"].to(self.device, non_blocking=True)
         images = torch.cat([data, unlabeled]) if unlabeled is not None else data
-        loss, per_level = self.wta_loss(images)
-        return loss, per_level
+        loss, per_level = self.wta_step(images)  # == self.wta_loss(images), through the DDP wrap if any
+        return loss, {f"loss_wta_level{i}": v for i, v in enumerate(per_level)}
 
     # ------------------------------------------------------------------ validation without Dice
     def validation_step(self, batch: dict) -> dict:

@@ -6,10 +6,38 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from nnunet_semisup.trainers.base import unwrap_network
 from nnunet_semisup.trainers.wta import WTATrainerBase
-from nnunet_semisup.wta import encoder_level_features
+from nnunet_semisup.wta import WTAAutoencoderHeads, encoder_level_features
+
+
+class WTAMultiTaskStep(nn.Module):
+    """The whole segmentation network and the WTA decoders of one multi-task step as one module (one DDP wrap
+    covers every trained parameter). Holds references to the network and the heads, no copies.
+
+    ``forward(data (B, C, *patch), unlabeled (B_u, C, *patch) or None)`` -> (segmentation output as the network
+    returns it, mean WTA loss over the levels of labeled + unlabeled images, [loss per level]).
+    """
+
+    def __init__(self, network: nn.Module, heads: WTAAutoencoderHeads):
+        super().__init__()
+        self.network = network
+        self.heads = heads
+
+    def forward(self, data: torch.Tensor, unlabeled: torch.Tensor | None = None):
+        levels = self.heads.num_levels
+        skips = self.network.encoder(data)
+        segmentation = self.network.decoder(skips)
+        inputs = [data, *skips[: levels - 1]]
+        outputs = list(skips[:levels])
+        if unlabeled is not None:
+            u_inputs, u_outputs = encoder_level_features(self.network.encoder, unlabeled, levels, False)
+            inputs = [torch.cat([a, b]) for a, b in zip(inputs, u_inputs)]
+            outputs = [torch.cat([a, b]) for a, b in zip(outputs, u_outputs)]
+        loss_wta, per_level = self.heads(inputs, outputs)
+        return segmentation, loss_wta, per_level
 
 
 class WTAMultiTaskTrainer(WTATrainerBase):
@@ -71,18 +99,15 @@ class WTAMultiTaskTrainer(WTATrainerBase):
             )
         return ratio
 
+    def build_wta_step(self) -> nn.Module:
+        return WTAMultiTaskStep(unwrap_network(self.network), self.wta_heads)
+
+    def wta_step_has_unused_parameters(self, n_stages: int) -> bool:
+        return False  # the whole network and every decoder get gradients
+
     def compute_loss(self, data, target, unlabeled):
-        network = unwrap_network(self.network)
-        skips = network.encoder(data)
-        loss_seg = self.loss(network.decoder(skips), target)
-        levels = self.num_wta_levels
-        inputs = [data, *skips[: levels - 1]]
-        outputs = list(skips[:levels])
-        if unlabeled is not None:
-            u_inputs, u_outputs = encoder_level_features(network.encoder, unlabeled, levels, False)
-            inputs = [torch.cat([a, b]) for a, b in zip(inputs, u_inputs)]
-            outputs = [torch.cat([a, b]) for a, b in zip(outputs, u_outputs)]
-        loss_wta, per_level = self.wta_heads(inputs, outputs)
+        segmentation, loss_wta, per_level = self.wta_step(data, unlabeled)
+        loss_seg = self.loss(segmentation, target)
         gamma = self.current_gamma(float(loss_seg.detach()), float(loss_wta.detach()))
         terms = {"loss_seg": loss_seg, "loss_wta": loss_wta, "gamma": gamma}
         terms.update({f"loss_wta_level{i}": v for i, v in enumerate(per_level)})

@@ -67,6 +67,14 @@ def _foreground_values(array: np.ndarray, what: str) -> set[int]:
     return {int(v) for v in values}
 
 
+# what to do about a prediction whose geometry is not the reference's
+_GEOMETRY_FIX = (
+    "Predictions are compared voxel by voxel with the reference of the same file name: predict the images that "
+    "belong to these references (nnUNetv2_predict writes each prediction in its input image's shape and "
+    "spacing), and check that -pred and -ref hold the same cases, not resampled copies."
+)
+
+
 def _evaluate_case(
     case: str, pred_path: str, ref_path: str, label_values: Sequence[int] | None
 ) -> tuple[str, dict[int, dict[str, float]], set[int]]:
@@ -79,12 +87,12 @@ def _evaluate_case(
     if pred.shape != ref.shape:
         raise ValueError(
             f"case {case!r}: prediction shape {pred.shape} ({pred_path}) differs from reference shape "
-            f"{ref.shape} ({ref_path})"
+            f"{ref.shape} ({ref_path}). {_GEOMETRY_FIX}"
         )
     if not np.allclose(pred_spacing, ref_spacing, rtol=_SPACING_RTOL, atol=0):
         raise ValueError(
             f"case {case!r}: prediction spacing {pred_spacing} ({pred_path}) differs from reference spacing "
-            f"{ref_spacing} ({ref_path})"
+            f"{ref_spacing} ({ref_path}). {_GEOMETRY_FIX}"
         )
     ref_values = _foreground_values(ref, f"case {case!r} reference {ref_path}")
     if label_values is None:
