@@ -47,7 +47,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
 def _folder(run, trainer: str) -> Path:
     return run.results / DATASETS[trainer] / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{FOLD}"
 
