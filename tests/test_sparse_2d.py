@@ -75,18 +75,25 @@ def test_sparse_slice_loader_samples_only_annotated_slices_of_every_plane():
     loader = SparseSliceLoader(
         {"c": (image, seg)}, 4, [4, 4, 4], {"xy": 0, "xz": 1, "yz": 2}, 3, augment=False, seed=1
     )
-    assert sorted(loader.annotated) == ["xy", "xz", "yz"]
-    # a slice is annotated when it holds an annotated voxel: xy slice 2, and every slice crossing yz slice 7
-    assert list(loader.annotated["xy"]["c"]) == list(range(6))
-    assert list(loader.annotated["xz"]["c"]) == list(range(8))
-    assert list(loader.annotated["yz"]["c"]) == list(range(10))
+    # sampled: the annotated slices of each plane (xy 2, yz 7); slices that only cross an annotated slice of
+    # another plane hold one annotated line and are not sampled, so no xz slice qualifies
+    assert sorted(loader.annotated) == ["xy", "yz"]
+    assert list(loader.annotated["xy"]["c"]) == [2]
+    assert list(loader.annotated["yz"]["c"]) == [7]
+    # every slice holding an annotated voxel, as before, when the threshold is 0
+    anywhere = SparseSliceLoader({"c": (image, seg)}, 4, [4, 4, 4], {"xy": 0, "xz": 1, "yz": 2}, 3,
+                                 min_annotated_fraction=0.0)  # fmt: skip
+    assert list(anywhere.annotated["xy"]["c"]) == list(range(6))
+    assert list(anywhere.annotated["xz"]["c"]) == list(range(8))
+    assert list(anywhere.annotated["yz"]["c"]) == list(range(10))
     only_xy = SparseSliceLoader({"c": (image, np.where(np.arange(6)[:, None, None] == 2, seg, 3))}, 2, [4, 4, 4],
                                 {"xy": 0, "yz": 2}, 3)  # fmt: skip
-    assert list(only_xy.annotated["xy"]["c"]) == [2] and list(only_xy.annotated["yz"]["c"]) == list(range(10))
+    assert list(only_xy.annotated["xy"]["c"]) == [2] and "yz" not in only_xy.annotated
     batch = next(only_xy)
     if batch["plane"] == "xy":
         assert (batch["data"][batch["target"] != 3] == 100.0).all()
     planes = set()
+    loader = anywhere
     for _ in range(30):
         batch = next(loader)
         planes.add(batch["plane"])
@@ -95,3 +102,57 @@ def test_sparse_slice_loader_samples_only_annotated_slices_of_every_plane():
     assert planes == {"xy", "xz", "yz"}
     with pytest.raises(RuntimeError, match="resampling erased them"):
         SparseSliceLoader({"c": (image, np.full_like(seg, 3))}, 4, [4, 4, 4], {"xy": 0}, 3)
+
+
+def test_sparse_slice_loader_trains_on_annotated_slices_not_on_the_lines_other_planes_cross():
+    """Real sparse data: per case one annotated slice per plane crosses every slice of the other planes, so most
+    slices holding an annotated voxel carry a single line. The loader samples whole annotated slices."""
+    rng = np.random.default_rng(3)
+    image = rng.uniform(1, 2, size=(1, 9, 12, 10)).astype(np.float32)  # nonzero: patch padding is 0
+    seg = np.full((9, 12, 10), 3, dtype=np.int16)
+    seg[4] = rng.integers(0, 3, size=(12, 10))
+    seg[:, 6] = rng.integers(0, 3, size=(9, 10))
+    seg[:, :, 1] = rng.integers(0, 3, size=(9, 12))
+    loader = SparseSliceLoader(
+        {"c": (image, seg)}, 8, [9, 12, 10], {"xy": 0, "xz": 1, "yz": 2}, 3, augment=False, seed=0
+    )
+    assert {p: list(v["c"]) for p, v in loader.annotated.items()} == {"xy": [4], "xz": [6], "yz": [1]}
+    planes = set()
+    for _ in range(20):
+        batch = next(loader)
+        planes.add(batch["plane"])
+        # every voxel of a patch that lies in the image is annotated (whole annotated slices, no lines)
+        assert ((batch["data"] != 0) == (batch["target"] != 3)).all()
+    assert planes == {"xy", "xz", "yz"}
+    # only lines annotated anywhere (no slice reaches the threshold): falls back to any annotated voxel
+    lines = np.full((9, 12, 10), 3, dtype=np.int16)
+    lines[4, 6] = 1
+    fallback = SparseSliceLoader({"c": (image, lines)}, 2, [9, 12, 10], {"xy": 0, "xz": 1}, 3)
+    assert {p: list(v["c"]) for p, v in fallback.annotated.items()} == {"xy": [4], "xz": [6]}
+
+
+def test_2d_trainer_uses_batch_dice_like_nnunet_2d_configurations():
+    from types import SimpleNamespace
+
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
+
+    trainer = object.__new__(SparseMultiPlane2DTrainer)  # only what nnU-Net's _build_loss reads
+    trainer.label_manager = SimpleNamespace(has_regions=False, ignore_label=3)
+    trainer.configuration_manager = SimpleNamespace(batch_dice=False)  # the 3D plans' value
+    trainer.is_ddp = False
+    trainer.enable_deep_supervision = False
+    trainer._do_i_compile = lambda: False
+    loss = trainer._build_loss()
+    assert loss.dc.batch_dice is True
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 6, 7)
+    target = torch.randint(0, 4, (4, 1, 6, 7)).float()
+    target[1:][target[1:] == 2] = 0  # class 2 only in the first slice: batch and per-slice Dice differ
+    kwargs = {"smooth": 1e-5, "do_bg": False, "ddp": False}
+    batch = DC_and_CE_loss({"batch_dice": True, **kwargs}, {}, 1, 1, 3, MemoryEfficientSoftDiceLoss)
+    per_slice = DC_and_CE_loss({"batch_dice": False, **kwargs}, {}, 1, 1, 3, MemoryEfficientSoftDiceLoss)
+    assert torch.allclose(loss(logits, target), batch(logits, target))
+    assert not torch.allclose(loss(logits, target), per_slice(logits, target))

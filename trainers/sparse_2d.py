@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
 from nnunet_semisup.selection import PLANE_AXIS, PLANES
@@ -116,6 +117,11 @@ class SparseSliceLoader:
 
     Yields ``{"data": (B, C, h, w) float32, "target": (B, 1, h, w) float32}`` where (h, w) is the 3D patch size
     without the plane's axis; padding and unannotated voxels carry ``ignore_label``.
+
+    A slice of a plane is sampled when at least ``min_annotated_fraction`` of its voxels are annotated: the
+    annotated slices of that plane. Slices that only cross annotated slices of the other planes hold a single
+    annotated line and are not sampled (if no slice of any plane qualifies, every slice holding an annotated
+    voxel is used instead).
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class SparseSliceLoader:
         ignore_label: int,
         augment: bool = True,
         seed: int | None = None,
+        min_annotated_fraction: float = 0.5,
     ):
         self.cases = cases
         self.batch_size = batch_size
@@ -134,20 +141,28 @@ class SparseSliceLoader:
         self.ignore_label = ignore_label
         self.augment = augment
         self.rng = np.random.default_rng(seed)
-        # per plane: case -> indices of slices with at least one annotated voxel
-        self.annotated: dict[str, dict[str, np.ndarray]] = {}
-        self.plane_axes = {}
-        for plane, axis in plane_axes.items():
-            per_case = {}
-            for case, (_, seg) in cases.items():
-                labeled = seg != ignore_label
-                other = tuple(a for a in range(3) if a != axis)
-                idx = np.flatnonzero(labeled.any(axis=other))
-                if len(idx):
-                    per_case[case] = idx
-            if per_case:
-                self.annotated[plane] = per_case
-                self.plane_axes[plane] = axis
+        # per plane: case -> indices of the slices to sample (annotated fraction >= min_annotated_fraction)
+        fractions = {
+            plane: {
+                case: (seg != ignore_label).mean(axis=tuple(a for a in range(3) if a != axis))
+                for case, (_, seg) in cases.items()
+            }
+            for plane, axis in plane_axes.items()
+        }
+        for threshold in (min_annotated_fraction, 0.0):
+            self.annotated: dict[str, dict[str, np.ndarray]] = {}
+            self.plane_axes = {}
+            for plane, axis in plane_axes.items():
+                per_case = {}
+                for case, fraction in fractions[plane].items():
+                    idx = np.flatnonzero((fraction >= threshold) & (fraction > 0))
+                    if len(idx):
+                        per_case[case] = idx
+                if per_case:
+                    self.annotated[plane] = per_case
+                    self.plane_axes[plane] = axis
+            if self.annotated:
+                break
         if not self.annotated:
             raise RuntimeError(
                 "no annotated voxel in any training case (every voxel is the ignore label). If the raw labels do "
@@ -210,6 +225,11 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
     uses_unlabeled_data = False
     batch_size_2d: int = 16
     planes: tuple[str, ...] = PLANES
+    # slices sampled: at least this share of their voxels annotated (the annotated slices of the plane; README)
+    min_annotated_fraction: float = 0.5
+    # Dice over the whole batch of slices, as nnU-Net's own 2D configurations (its planner sets batch_dice=True
+    # for 2d); the 3D plans read here say False
+    batch_dice_2d: bool = True
 
     def __init__(
         self,
@@ -240,6 +260,12 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
             layer.requires_grad_(False)
         return SliceWiseNetwork(net, divisor, network_axis("xy", plans_manager.transpose_forward))
 
+    def _build_loss(self):
+        loss = super()._build_loss()
+        dice = loss.loss.dc if isinstance(loss, DeepSupervisionWrapper) else loss.dc
+        getattr(dice, "_orig_mod", dice).batch_dice = self.batch_dice_2d  # _orig_mod: torch.compile'd
+        return loss
+
     def _load_cases(self, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
         cases = {}
@@ -266,6 +292,11 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
         tr_keys, val_keys = self.do_split()
         axes = {p: network_axis(p, self.plans_manager.transpose_forward) for p in self.planes}
         patch = list(self.configuration_manager.patch_size)
-        train = SparseSliceLoader(self._load_cases(tr_keys), self.batch_size_2d, patch, axes, ignore)
-        val = SparseSliceLoader(self._load_cases(val_keys), self.batch_size_2d, patch, axes, ignore, False, 0)
+        frac = self.min_annotated_fraction
+        train = SparseSliceLoader(
+            self._load_cases(tr_keys), self.batch_size_2d, patch, axes, ignore, min_annotated_fraction=frac
+        )
+        val = SparseSliceLoader(
+            self._load_cases(val_keys), self.batch_size_2d, patch, axes, ignore, False, 0, frac
+        )
         return train, val
