@@ -267,6 +267,30 @@ def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
     return _predict_with_extra_network("predict-dual-subnet", DualSubnetPredictor, args)
 
 
+def _add_extra_network_predict_parser(
+    sub, name: str, trainer: str, sources: tuple[str, ...], default_source: str, func, **parser_kwargs
+) -> None:
+    """A ``predict-*`` subcommand with nnUNetv2_predict's arguments plus ``--source`` (the predictors of
+    :mod:`nnunet_semisup.extra_network_prediction`)."""
+    p = sub.add_parser(name, **parser_kwargs)
+    p.add_argument("-i", required=True, help="input folder (nnU-Net naming, as for nnUNetv2_predict)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    p.add_argument("-tr", default=trainer, help=f"trainer name (default: {trainer})")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-f", nargs="+", help="folds (default: all folds found)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
+    p.add_argument("--source", choices=sources, default=default_source, help=f"default: {default_source}")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
+    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
+    p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnunet-semisup`` argument parser (one sub-command per verb)."""
     parser = argparse.ArgumentParser(prog="nnunet-semisup", description=__doc__.split("\n\n")[0])
@@ -379,53 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-images", action="store_true", help="copy D's images instead of symlinking them")
     p.set_defaults(func=_cmd_self_train)
 
-    p = sub.add_parser(
+    _add_extra_network_predict_parser(
+        sub,
         "predict-dtml",
-        help="predict with a DTML model's distance network (or the average of both networks)",
+        "DTMLTrainer",
+        ("dist", "average"),
+        "dist",
+        _cmd_predict_dtml,
+        help="predict with a DTML model's distance network M_d (or the M_s/M_d average)",
         description="nnUNetv2_predict for DTMLTrainer models with M_d's mask (--source dist) or the mean of "
         "M_s's and M_d's probabilities (--source average); nnUNetv2_predict itself predicts with M_s.",
     )
-    p.add_argument("-i", required=True, help="input folder (nnU-Net naming, as for nnUNetv2_predict)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
-    p.add_argument("-tr", default="DTMLTrainer", help="trainer name (default: DTMLTrainer)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("-f", nargs="+", help="folds (default: all folds found)")
-    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
-    p.add_argument("--source", choices=("dist", "average"), default="dist", help="default: dist")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
-    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--save_probabilities", action="store_true")
-    p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
-    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
-    p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
-    p.set_defaults(func=_cmd_predict_dtml)
-
-    p = sub.add_parser(
+    _add_extra_network_predict_parser(
+        sub,
         "predict-dual-subnet",
+        "DualSubnetContrastTrainer",
+        ("b", "average"),
+        "average",
+        _cmd_predict_dual_subnet,
         help="predict with a DualSubnetContrastTrainer model's subnet B (or the mean of both subnets)",
         description="nnUNetv2_predict for DualSubnetContrastTrainer models with subnet B (--source b) or the mean "
         "of both subnets' probabilities (--source average); nnUNetv2_predict itself predicts with subnet A.",
     )
-    p.add_argument("-i", required=True, help="input folder (nnU-Net naming, as for nnUNetv2_predict)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
-    p.add_argument(
-        "-tr", default="DualSubnetContrastTrainer", help="trainer name (default: DualSubnetContrastTrainer)"
-    )
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("-f", nargs="+", help="folds (default: all folds found)")
-    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
-    p.add_argument("--source", choices=("b", "average"), default="average", help="default: average")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
-    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--save_probabilities", action="store_true")
-    p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
-    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
-    p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
-    p.set_defaults(func=_cmd_predict_dual_subnet)
 
     # annotation sparsification (select-slices, sparsify, pseudo-labels, predict-sparse)
     from nnunet_semisup.sparsification_cli import add_sparsification_parsers
