@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 # which breaks nnU-Net's trainer search
 TORCH := torch==2.14.1 torchvision==0.29.1
 WORK ?= demo_work
+# images/ + labels/ folder for the demo (default: $$NNUNET_SEMISUP_DEMO_DATA, else ../shared/data/msd_hippocampus)
+DATA ?=
 
 .PHONY: install demo test test-fast lint format clean
 
@@ -26,7 +28,7 @@ install: $(VENV)/.deps
 	$(BIN)/pip install -q --no-build-isolation .
 
 demo: install
-	$(BIN)/nnunet-semisup demo --work-dir $(WORK)
+	$(BIN)/nnunet-semisup demo --work-dir $(WORK) $(if $(DATA),--data $(DATA))
 
 lint: $(VENV)/.deps
 	$(BIN)/ruff check .

@@ -13,7 +13,7 @@ Output folder layout (one file per case in each)::
 
 Arrays are in the image's own array order (nnU-Net's reader: (z, y, x) for NIfTI): nnU-Net exports predictions
 after undoing its transpose and crop, and the 2D model's slices along xz/yz are moved back into place inside
-:class:`~nnunet_semisup.trainers.sparse_2d.SliceWiseNetwork`.
+:class:`~nnunet_semisup.slice_network.SliceWiseNetwork`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def predict_pseudo_label_sets(
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from tqdm import tqdm
 
-    from nnunet_semisup.trainers.sparse_2d import SliceWiseNetwork, network_axis
+    from nnunet_semisup.slice_network import SliceWiseNetwork, network_axis
 
     if not cases:
         raise PseudoLabelError(f"no images to pseudo-label for dataset {dataset}")

@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.trainers.sparse_2d import (
-    SliceWiseNetwork,
-    SparseSliceLoader,
-    network_axis,
-    plainconv_unet_2d,
-)
+from nnunet_semisup.slice_network import SliceWiseNetwork, network_axis, plainconv_unet_2d
+from nnunet_semisup.trainers.sparse_2d import SparseSliceLoader
 
 
 class _ShiftAlongWidth(nn.Module):
