@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="images/labels folder (default: $NNUNET_SEMISUP_DEMO_DATA, else ../shared/data/msd_hippocampus, else generated data)",
+        help="images/labels folder (default: $NNUNET_SEMISUP_DEMO_DATA, else ../shared/data/msd_hippocampus, "
+        "else generated data)",
     )
     p.add_argument("--labeled", type=int, default=8)
     p.add_argument("--unlabeled", type=int, default=40)

@@ -142,15 +142,10 @@ class WTATrainerBase(SemiSupervisedTrainer):
     def encoder(self) -> torch.nn.Module:
         return unwrap_network(self.network).encoder
 
-    def wta_loss(
-        self, images: torch.Tensor, detach_level_inputs: bool = True
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean WTA reconstruction loss over the levels for (B, C, *patch) images, and each level's loss."""
-        inputs, outputs = encoder_level_features(
-            self.encoder, images, self.num_wta_levels, detach_level_inputs
-        )
-        loss, per_level = self.wta_heads(inputs, outputs)
-        return loss, {f"loss_wta_level{i}": v for i, v in enumerate(per_level)}
+    @staticmethod
+    def level_terms(per_level: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-level WTA losses (scalars) as the logged terms ``loss_wta_level{i}``."""
+        return {f"loss_wta_level{i}": v for i, v in enumerate(per_level)}
 
     def get_semisup_state(self) -> dict:
         state = super().get_semisup_state()
@@ -237,8 +232,14 @@ class WTAPretrainTrainer(WTATrainerBase):
         if self.dataloader_labeled_images is not None:
             data = next(self.dataloader_labeled_images)["data"].to(self.device, non_blocking=True)
         images = torch.cat([data, unlabeled]) if unlabeled is not None else data
-        loss, per_level = self.wta_step(images)  # == self.wta_loss(images), through the DDP wrap if any
-        return loss, {f"loss_wta_level{i}": v for i, v in enumerate(per_level)}
+        loss, per_level = self.wta_step(images)  # through the DDP wrap if any
+        return loss, self.level_terms(per_level)
+
+    def wta_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean WTA reconstruction loss over the levels for (B, C, *patch) images, and each level's loss, outside
+        DDP (validation runs on rank 0 alone)."""
+        loss, per_level = unwrap_network(self.wta_step)(images)
+        return loss, self.level_terms(per_level)
 
     # ------------------------------------------------------------------ validation without Dice
     def validation_step(self, batch: dict) -> dict:

@@ -110,7 +110,7 @@ class WTAMultiTaskTrainer(WTATrainerBase):
         loss_seg = self.loss(segmentation, target)
         gamma = self.current_gamma(float(loss_seg.detach()), float(loss_wta.detach()))
         terms = {"loss_seg": loss_seg, "loss_wta": loss_wta, "gamma": gamma}
-        terms.update({f"loss_wta_level{i}": v for i, v in enumerate(per_level)})
+        terms.update(self.level_terms(per_level))
         return loss_seg + gamma * loss_wta, terms
 
     def get_semisup_state(self) -> dict:
