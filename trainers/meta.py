@@ -27,6 +27,7 @@ from dynamic_network_architectures.building_blocks.plain_conv_encoder import Pla
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
+from nnunet_semisup.heads import freeze_deep_supervision_seg_layers
 from nnunet_semisup.multiplane_pseudo_labels import SOURCES, nearest_pseudo_label_set
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
 
@@ -59,10 +60,7 @@ class YShapedUNet(nn.Module):
         self.encoder = PlainConvEncoder(image_channels, return_skips=True, **enc)
         self.aux_encoder = PlainConvEncoder(num_classes, return_skips=True, **enc)
         self.decoder = UNetDecoder(self.encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], False)
-        # without deep supervision only the last seg layer runs: the others are frozen, so that DDP (-num_gpus > 1)
-        # does not wait for their gradients (their weights stay in the checkpoint, unused as before)
-        for layer in self.decoder.seg_layers[:-1]:
-            layer.requires_grad_(False)
+        freeze_deep_supervision_seg_layers(self.decoder)  # no deep supervision: DDP-safe
 
     def forward(self, x: torch.Tensor):
         c, k = self.image_channels, self.num_classes

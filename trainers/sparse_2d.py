@@ -21,6 +21,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
+from nnunet_semisup.heads import freeze_deep_supervision_seg_layers
 from nnunet_semisup.selection import PLANES
 from nnunet_semisup.slice_network import SliceWiseNetwork, network_axis, plainconv_unet_2d
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
@@ -170,10 +171,7 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
         net, divisor = plainconv_unet_2d(
             configuration_manager.network_arch_init_kwargs, num_input_channels, num_output_channels, False
         )
-        # without deep supervision only the last seg layer runs: the others are frozen, so that DDP (-num_gpus > 1)
-        # does not wait for their gradients (their weights stay in the checkpoint, unused as before)
-        for layer in net.decoder.seg_layers[:-1]:
-            layer.requires_grad_(False)
+        freeze_deep_supervision_seg_layers(net.decoder)  # no deep supervision: DDP-safe
         return SliceWiseNetwork(net, divisor, network_axis("xy", plans_manager.transpose_forward))
 
     def _build_loss(self):
