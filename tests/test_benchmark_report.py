@@ -20,7 +20,9 @@ from nnunet_semisup.benchmark_runner import (
 )
 from nnunet_semisup.evaluation.benchmark_report import (
     curve_data,
+    gap_closed,
     group_stats,
+    paired_bootstrap_ci,
     paired_comparison,
     plot_learning_curve,
     read_rows,
@@ -147,6 +149,35 @@ def test_paired_comparison_pairs_on_seed_and_case_only():
     assert paired_comparison(same + same_base, "T", 4, "x")["p_value"] == 1.0
 
 
+def test_cluster_bootstrap_interval_brackets_the_mean_and_resamples_shared_cases():
+    # two seeds scored on the same four cases; case c3 is hard for the trainer under both seeds
+    diffs = {(seed, f"c{i}"): d for seed in (0, 1) for i, d in enumerate((0.10, 0.12, 0.08, -0.30))}
+    low, high = paired_bootstrap_ci(diffs)
+    mean = float(np.mean(list(diffs.values())))
+    assert low < mean < high
+    assert paired_bootstrap_ci(diffs) == (low, high)  # deterministic
+    # the case draw is shared by the seeds: every replicate mean is a mean over whole cases, so the interval
+    # equals that of the one-seed bootstrap of the per-case means (same rng draws for the cases)
+    per_case = {(0, f"c{i}"): d for i, d in enumerate((0.10, 0.12, 0.08, -0.30))}
+    one_seed = paired_bootstrap_ci(per_case)
+    assert (low, high) == pytest.approx(one_seed, abs=0.02)
+    # no spread: a zero-width interval; constant +0.05: exactly +0.05
+    assert paired_bootstrap_ci({(0, "a"): 0.05, (0, "b"): 0.05}) == pytest.approx((0.05, 0.05))
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap_ci({})
+
+
+def test_gap_closed_is_the_fraction_of_the_way_to_full_labels():
+    base = rows_from_summary(_summary({"x": [0.5] * 6}), "LabeledOnlyTrainer", "semi", 4, 0)
+    full = rows_from_summary(_summary({"x": [0.9] * 6}), "LabeledOnlyTrainer", "full", 40, 0)
+    half = rows_from_summary(_summary({"x": [0.7] * 6}), "T", "semi", 4, 0)
+    worse = rows_from_summary(_summary({"x": [0.4] * 6}), "W", "semi", 4, 0)
+    rows = base + full + half + worse
+    assert gap_closed(rows, "T", 4, "x") == pytest.approx(0.5)
+    assert gap_closed(rows, "W", 4, "x") == pytest.approx(-0.25)
+    assert gap_closed(base + half, "T", 4, "x") is None  # no upper bound run
+
+
 def test_markdown_shows_means_differences_and_p_values(rows):
     md = results_markdown(rows, "## header", seconds={("MeanTeacherTrainer", "semi", 4): [100.0, 300.0]})
     assert md.startswith("## header")
@@ -155,7 +186,10 @@ def test_markdown_shows_means_differences_and_p_values(rows):
     assert f"{s['mean']:.3f} ± {s['std']:.3f}" in md
     c = paired_comparison(rows, "MeanTeacherTrainer", 16, "posterior")
     p = f"{c['p_value']:.2g}" if c["p_value"] < 0.01 else f"{c['p_value']:.2f}"
-    assert f"{c['mean_diff']:+.3f} ({c['wins']}/{c['losses']}, p={p})" in md
+    ci = f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    assert f"{c['mean_diff']:+.3f} {ci} ({c['wins']}/{c['losses']}, p={p})" in md
+    closed = gap_closed(rows, "MeanTeacherTrainer", 16, "posterior")
+    assert f"gap closed {closed:+.0%}" in md
     assert "| LabeledOnlyTrainer | 40 (all) |" in md
     assert "| MeanTeacherTrainer | 4 | 200 | 2 |" in md
     # the baseline is not compared with itself, the upper bound not with the baseline

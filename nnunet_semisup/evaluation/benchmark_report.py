@@ -9,6 +9,12 @@ Statistics: mean and standard deviation (``ddof=0``, as in ``nnunet-semisup eval
 (test case, seed) pairs of a trainer and labeled count; differences to the baseline are paired on
 (seed, test case) and tested with the two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``,
 default ``zero_method="wilcox"``: zero differences are dropped; all differences zero gives p = 1).
+
+The Wilcoxon test treats every (seed, case) pair as independent, but every seed is scored on the same test
+cases, so pairs of one case are correlated. The confidence interval of the mean difference therefore comes
+from a two-way cluster bootstrap (:func:`paired_bootstrap_ci`): each replicate draws seeds with replacement
+and, independently, test cases with replacement (one case draw shared by all seeds), which keeps the
+correlation between seeds that share a case. With one seed it is the ordinary case bootstrap.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import numpy as np
 __all__ = [
     "CSV_COLUMNS",
     "curve_data",
+    "gap_closed",
     "group_stats",
+    "paired_bootstrap_ci",
     "paired_comparison",
     "plot_learning_curve",
     "read_rows",
@@ -134,9 +142,10 @@ def paired_comparison(
 ) -> dict | None:  # fmt: skip
     """``trainer`` minus ``baseline`` at the same labeled count, paired on (seed, test case).
 
-    Returns ``{"mean_diff", "wins", "losses", "n_pairs", "p_value"}`` (wins: pairs where ``trainer`` is
-    higher), or None when no pair exists. ``p_value`` is the two-sided Wilcoxon signed-rank test of the
-    differences (1.0 when every difference is zero).
+    Returns ``{"mean_diff", "ci_low", "ci_high", "wins", "losses", "n_pairs", "p_value"}`` (wins: pairs where
+    ``trainer`` is higher), or None when no pair exists. ``ci_low``/``ci_high``: the 95 % two-way cluster
+    bootstrap interval of :func:`paired_bootstrap_ci`. ``p_value`` is the two-sided Wilcoxon signed-rank test
+    of the differences (1.0 when every difference is zero; it ignores that seeds share test cases).
     """
     from scipy.stats import wilcoxon
 
@@ -145,14 +154,75 @@ def paired_comparison(
     keys = sorted(set(ours) & set(base))
     if not keys:
         return None
-    diff = np.array([ours[k] - base[k] for k in keys], dtype=float)
+    diffs = {k: ours[k] - base[k] for k in keys}
+    diff = np.array(list(diffs.values()), dtype=float)
     p_value = 1.0 if np.all(diff == 0) else float(wilcoxon(diff).pvalue)
+    ci_low, ci_high = paired_bootstrap_ci(diffs)
     return {
         "mean_diff": float(diff.mean()),
+        "ci_low": ci_low,
+        "ci_high": ci_high,
         "wins": int((diff > 0).sum()),
         "losses": int((diff < 0).sum()),
         "n_pairs": len(keys),
         "p_value": p_value,
+    }
+
+
+def paired_bootstrap_ci(
+    diffs: dict[tuple[int, str], float], level: float = 0.95, n_boot: int = 4000, rng_seed: int = 0
+) -> tuple[float, float]:
+    """Percentile confidence interval of the mean paired difference by a two-way cluster bootstrap.
+
+    ``diffs`` maps (seed, test case) to a difference. Each of ``n_boot`` replicates draws the seeds with
+    replacement and, independently, the test cases with replacement; the case draw is shared by all seeds
+    (seeds are scored on the same test cases), and the replicate's statistic is the mean over the drawn
+    (seed, case) cells that exist. Deterministic for a given ``rng_seed``. Raises ``ValueError`` when ``diffs``
+    is empty or ``level`` is not in (0, 1).
+    """
+    if not diffs:
+        raise ValueError("paired_bootstrap_ci needs at least one (seed, case) difference")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    seeds = sorted({seed for seed, _ in diffs})
+    cases = sorted({case for _, case in diffs})
+    table = np.full((len(seeds), len(cases)), np.nan)
+    for (seed, case), value in diffs.items():
+        table[seeds.index(seed), cases.index(case)] = value
+    rng = np.random.default_rng(rng_seed)
+    seed_draw = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    case_draw = rng.integers(0, len(cases), size=(n_boot, len(cases)))
+    stats = np.array([np.nanmean(table[np.ix_(s, c)]) for s, c in zip(seed_draw, case_draw)])
+    stats = stats[np.isfinite(stats)]
+    tail = (1 - level) / 2
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def gap_closed(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str,
+               baseline: str = "LabeledOnlyTrainer", metric: str = "dice") -> float | None:  # fmt: skip
+    """The fraction of the gap between ``baseline`` at ``n_labeled`` and the fully labeled upper bound that
+    ``trainer`` closes: (trainer - baseline) / (full - baseline), means over (seed, case) pairs of the seeds
+    that all three share. 1 = as good as full labels, 0 = no gain, negative = worse than the baseline. None when
+    a run is missing or the gap is not positive (no room to close)."""
+    ours = _values(rows, trainer, "semi", n_labeled, cls, metric)
+    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
+    full = _full_values(rows, baseline, cls, metric)
+    seeds = {s for s, _ in ours} & {s for s, _ in base} & {s for s, _ in full}
+    if not seeds:
+        return None
+    mean = lambda d: float(np.mean([v for (s, _c), v in d.items() if s in seeds]))  # noqa: E731
+    gap = mean(full) - mean(base)
+    if gap <= 0:
+        return None
+    return (mean(ours) - mean(base)) / gap
+
+
+def _full_values(rows: Sequence[dict], trainer: str, cls: str, metric: str) -> dict:
+    """(seed, case) -> value of the upper-bound run (setting ``"full"``) of ``trainer``."""
+    return {
+        (r["seed"], r["case"]): r[metric]
+        for r in rows
+        if r["trainer"] == trainer and r["setting"] == "full" and r["class"] == cls
     }
 
 
@@ -259,7 +329,9 @@ def results_markdown(
         lines.append("")
 
     lines += [f"### Dice difference to {baseline} (paired over test cases x seeds)", "",
-              "Each cell: mean difference, pairs better / worse, two-sided Wilcoxon signed-rank p.", "",
+              "Each cell: mean difference [95 % cluster-bootstrap CI over seeds and test cases], pairs better / "
+              "worse, two-sided Wilcoxon signed-rank p; then the fraction of the gap to the fully labeled upper "
+              "bound that the trainer closes (when the upper bound was run).", "",
               "| trainer | labeled | " + " | ".join(classes) + " |", "|---|---:|" + "---:|" * len(classes)]  # fmt: skip
     for trainer, setting, n in runs:
         if trainer == baseline or setting != "semi":
@@ -267,11 +339,13 @@ def results_markdown(
         cells = []
         for cls in classes:
             c = paired_comparison(rows, trainer, n, cls, baseline)
-            cells.append(
-                "n/a"
-                if c is None
-                else f"{c['mean_diff']:+.3f} ({c['wins']}/{c['losses']}, p={_fmt_p(c['p_value'])})"
-            )
+            if c is None:
+                cells.append("n/a")
+                continue
+            cell = (f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] "
+                    f"({c['wins']}/{c['losses']}, p={_fmt_p(c['p_value'])})")  # fmt: skip
+            closed = gap_closed(rows, trainer, n, cls, baseline)
+            cells.append(cell if closed is None else f"{cell}; gap closed {closed:+.0%}")
         lines.append(f"| {trainer} | {n} | " + " | ".join(cells) + " |")
     lines.append("")
 
