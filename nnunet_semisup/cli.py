@@ -92,21 +92,29 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     channel_names = (
         {str(i): name for i, name in enumerate(args.channel_names.split(","))} if args.channel_names else None
     )
-    out = make_benchmark(
-        args.raw_dir or nnUNet_raw.require(),
-        args.out_id,
-        args.name,
-        images_dir=args.images,
-        labels_dir=args.labels,
-        source_dataset_dir=source_dataset_dir,
-        n_labeled=args.labeled,
-        n_test=args.test,
-        n_unlabeled=args.unlabeled,
-        seed=args.seed,
-        label_names=label_names,
-        channel_names=channel_names,
-        link=args.link,
-    )
+    try:
+        out = make_benchmark(
+            args.raw_dir or nnUNet_raw.require(),
+            args.out_id,
+            args.name,
+            images_dir=args.images,
+            labels_dir=args.labels,
+            source_dataset_dir=source_dataset_dir,
+            n_labeled=args.labeled,
+            n_test=args.test,
+            n_unlabeled=args.unlabeled,
+            seed=args.seed,
+            label_names=label_names,
+            channel_names=channel_names,
+            link=args.link,
+        )
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as e:  # the user's data or arguments: no traceback
+        print(f"nnunet-semisup make-benchmark: error: {e}", file=sys.stderr)
+        return 2
     with open(os.path.join(out, "semisup_manifest.json")) as f:
         manifest = json.load(f)
     print(
@@ -120,12 +128,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnunet_semisup.evaluation import evaluate_folders, format_table, save_summary
 
     labels = None
+    file_ending = args.file_ending
     if args.labels_json:
         with open(args.labels_json) as f:
-            labels = {k: v for k, v in json.load(f)["labels"].items() if k != "background" and v != 0}
+            dataset_json = json.load(f)
+        labels = {k: v for k, v in dataset_json["labels"].items() if k != "background" and v != 0}
+        # the dataset's own file ending unless --file-ending says otherwise
+        file_ending = file_ending or dataset_json.get("file_ending")
+    file_ending = file_ending or ".nii.gz"
     try:
         summary = evaluate_folders(
-            args.pred, args.ref, file_ending=args.file_ending, labels=labels, num_processes=args.np
+            args.pred, args.ref, file_ending=file_ending, labels=labels, num_processes=args.np
         )
     except (ValueError, FileNotFoundError) as e:  # bad input: the message names the case, files and fix
         print(f"nnunet-semisup evaluate: error: {e}", file=sys.stderr)
@@ -343,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels-json", help="dataset.json whose 'labels' name the classes (default: values found)"
     )
-    p.add_argument("--file-ending", default=".nii.gz")
+    p.add_argument(
+        "--file-ending",
+        default=None,
+        help="file ending of predictions and references (default: the --labels-json dataset's, else .nii.gz)",
+    )
     p.add_argument("-np", type=int, default=1, help="worker processes")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,14 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_semisup.data import benchmark
-from nnunet_semisup.data.benchmark import MANIFEST_NAME, find_source_cases, make_benchmark, split_cases
+from nnunet_semisup.data.benchmark import (
+    MANIFEST_NAME,
+    BenchmarkSplit,
+    find_duplicate_images,
+    find_source_cases,
+    make_benchmark,
+    split_cases,
+)
 from nnunet_semisup.data.synthetic import write_synthetic_cases
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
@@ -415,3 +424,72 @@ def test_make_benchmark_on_real_hippocampus_cases(tmp_path: Path) -> None:
     assert set(np.unique(sitk.GetArrayViewFromImage(label))) <= {0, 1, 2}
     # The whole-folder discovery sees every real case, none of the hidden files.
     assert list(find_source_cases(str(HIPPOCAMPUS / "images"), str(HIPPOCAMPUS / "labels"))) == all_ids
+
+
+# ---------------------------------------------------------------- label values and duplicate images
+
+
+def _copy_source(synth_source: Path, tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    shutil.copytree(synth_source, src)
+    return src / "images", src / "labels"
+
+
+def test_label_values_the_labels_do_not_declare_are_refused(synth_source: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    images, labels = _copy_source(synth_source, tmp_path)
+    # a source whose labels skip a value: 0, 1, 3 (what a user with a removed class has)
+    for path in sorted(labels.glob("*.nii.gz")):
+        img = sitk.ReadImage(str(path))
+        arr = sitk.GetArrayFromImage(img)
+        arr[arr == 2] = 3
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(img)
+        sitk.WriteImage(out, str(path))
+    raw = tmp_path / "raw"
+    kwargs = dict(images_dir=str(images), labels_dir=str(labels), n_labeled=4, n_test=3)
+    names = {"background": 0, "a": 1, "b": 2}
+    with pytest.raises(ValueError, match=r"holds value\(s\) \[3\].*declare only \[0, 1, 2\].*relabel"):
+        make_benchmark(str(raw), 21, "Gap", label_names=names, **kwargs)
+    assert not raw.exists() or not list(raw.iterdir())  # nothing written
+    # declaring the value it holds is fine (nnU-Net's own check then decides); inference names the gap
+    with pytest.raises(ValueError, match="not consecutive"):
+        make_benchmark(str(raw), 21, "Gap", **kwargs)
+    # the console script: the message and the fix, exit 2, no traceback
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "nnunet-semisup"), "make-benchmark", "--images", str(images),
+         "--labels", str(labels), "--labeled", "4", "--test", "3", "--out-id", "21", "--name", "Gap",
+         "--label-names", "a,b", "--raw-dir", str(raw)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "holds value(s) [3]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_test_image_copied_into_another_part_is_refused(synth_source: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    images, labels = _copy_source(synth_source, tmp_path)
+    split = split_cases([p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz")], 4, 3, seed=0)
+    test_case = split.test[0]
+    # the same voxels under another name and another header (origin): only the content gives it away
+    img = sitk.ReadImage(str(images / f"{test_case}.nii.gz"))
+    img.SetOrigin((5.0, 5.0, 5.0))
+    sitk.WriteImage(img, str(images / "zz_copy.nii.gz"))
+    shutil.copy(labels / f"{test_case}.nii.gz", labels / "zz_copy.nii.gz")
+    copied = BenchmarkSplit(labeled=split.labeled, unlabeled=[*split.unlabeled, "zz_copy"], test=split.test)
+    raw = tmp_path / "raw"
+    with pytest.raises(ValueError, match=rf"unlabeled case 'zz_copy' = test case '{test_case}'.*remove"):
+        make_benchmark(str(raw), 22, "Leak", images_dir=str(images), labels_dir=str(labels), split=copied)
+    assert not raw.exists() or not list(raw.iterdir())
+    # in the same part a duplicate leaks nothing: built
+    same_part = BenchmarkSplit(
+        labeled=split.labeled, unlabeled=split.unlabeled, test=[*split.test, "zz_copy"]
+    )
+    make_benchmark(str(raw), 22, "Ok", images_dir=str(images), labels_dir=str(labels), split=same_part)
+    assert find_duplicate_images(
+        {"test": {test_case: [str(images / f"{test_case}.nii.gz")]},
+         "unlabeled": {"zz_copy": [str(images / "zz_copy.nii.gz")], split.unlabeled[0]:
+                       [str(images / f"{split.unlabeled[0]}.nii.gz")]}}
+    ) == [("test", test_case, "unlabeled", "zz_copy")]  # fmt: skip

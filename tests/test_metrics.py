@@ -3,6 +3,9 @@
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,3 +346,20 @@ def test_save_summary_roundtrip(folders, tmp_path):
     save_summary(summary, str(path))
     assert json.loads(path.read_text()) == summary
     assert os.listdir(path.parent) == ["summary.json"]
+
+
+def test_evaluate_cli_takes_the_file_ending_of_the_labels_json(tmp_path):
+    label = np.zeros(SHAPE)
+    label[1:3, 1:4, 1:4] = 1
+    for folder in ("ref", "pred"):
+        write(tmp_path / folder / "caseA.nrrd", label)
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"labels": {"background": 0, "organ": 1}, "file_ending": ".nrrd"}))
+    cli = str(Path(sys.executable).parent / "nnunet-semisup")
+    base = [cli, "evaluate", "-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred")]
+    ok = subprocess.run([*base, "--labels-json", str(dataset_json)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "organ" in ok.stdout and json.loads((tmp_path / "pred" / "semisup_summary.json").read_text())
+    # without the dataset.json nothing says .nrrd: the error names the fix, no traceback
+    bad = subprocess.run(base, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--file-ending" in bad.stderr and "Traceback" not in bad.stderr

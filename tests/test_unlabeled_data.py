@@ -11,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -724,3 +725,29 @@ def test_status_without_raw_folder_refuses_cases_made_with_other_plans(ds):
     _edit_plans(ds, lambda c: c.update(spacing=[2.0, 2.0, 2.0]))
     with pytest.raises(UnlabeledDataError, match="other plans"):
         unlabeled_status(None, ds.pre, CONFIG)
+
+
+def test_unlabeled_copy_of_a_test_or_labeled_image_is_warned_about_loudly(ds):
+    os.makedirs(os.path.join(ds.raw, "imagesTs"))
+    test_image = write_image(os.path.join(ds.raw, "imagesTs", "t0_0000.nii.gz"), random_image(7))
+    add_case(ds, "u_fresh", 1)
+    # the test scan and a labeled scan copied into imagesUnlabeled under other names
+    shutil.copy(test_image, os.path.join(ds.unlabeled, "u_test_copy_0000.nii.gz"))
+    shutil.copy(
+        os.path.join(ds.raw, "imagesTr", "lab1_0000.nii.gz"), os.path.join(ds.unlabeled, "u_lab_0000.nii.gz")
+    )
+    logged: list[str] = []
+    with pytest.warns(UserWarning, match="same image content") as record:
+        report = run(ds, log=logged.append)
+    messages = [str(w.message) for w in record if "same image content" in str(w.message)]
+    assert len(messages) == 2
+    assert any(
+        "'u_test_copy'" in m and "imagesTs case 't0'" in m and "not on unseen data" in m for m in messages
+    )
+    assert any("'u_lab'" in m and "imagesTr case 'lab1'" in m for m in messages)
+    assert all(m in logged for m in messages)  # also in the training log when a trainer preprocesses
+    assert sorted(report.processed) == ["u_fresh", "u_lab", "u_test_copy"]  # a warning, training goes on
+    # unchanged cases are not read again: no warning on the next run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(ds).processed == []

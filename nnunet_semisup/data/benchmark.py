@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BenchmarkSplit", "find_source_cases", "make_benchmark", "split_cases"]
+__all__ = ["BenchmarkSplit", "find_duplicate_images", "find_source_cases", "make_benchmark", "split_cases"]
 
 MANIFEST_NAME = "semisup_manifest.json"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -219,18 +219,23 @@ def _check_split(split: BenchmarkSplit, cases: dict, images_dir: str) -> None:
             seen[case_id] = part
 
 
-def _infer_labels(label_paths: Sequence[str]) -> dict[str, int]:
-    """``{"background": 0, "label_<v>": v, ...}`` from the values present in the label files."""
+def _label_values(path: str) -> set[int]:
+    """The values present in one label file; ValueError naming the file for non-integer values."""
     import SimpleITK as sitk
 
-    values: set[int] = set()
+    uniq = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(path)))
+    if not np.all(np.equal(np.mod(uniq, 1), 0)):
+        raise ValueError(
+            f"label file {path} has non-integer values; label maps must hold integers 0, 1, 2, ..."
+        )
+    return {int(v) for v in uniq}
+
+
+def _infer_labels(label_paths: Sequence[str]) -> dict[str, int]:
+    """``{"background": 0, "label_<v>": v, ...}`` from the values present in the label files."""
+    values: set[int] = {0}
     for path in label_paths:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(path))  # not a view: the image is a temporary
-        uniq = np.unique(arr)
-        if not np.all(np.equal(np.mod(uniq, 1), 0)):
-            raise ValueError(f"label file {path} has non-integer values; pass label_names explicitly")
-        values.update(int(v) for v in uniq)
-    values.add(0)
+        values |= _label_values(path)
     ordered = sorted(values)
     if ordered != list(range(len(ordered))):
         raise ValueError(
@@ -238,6 +243,66 @@ def _infer_labels(label_paths: Sequence[str]) -> dict[str, int]:
             "relabel the source or pass label_names"
         )
     return {"background": 0, **{f"label_{v}": v for v in ordered[1:]}}
+
+
+def _declared_values(label_names: dict) -> set[int]:
+    """Every label value a dataset.json ``labels`` dict declares (region entries are lists of values)."""
+    values: set[int] = set()
+    for value in label_names.values():
+        values |= {int(v) for v in value} if isinstance(value, (list, tuple)) else {int(value)}
+    return values
+
+
+def _check_label_values(label_paths: Sequence[str], label_names: dict) -> None:
+    """ValueError naming the first label file that holds a value ``label_names`` does not declare.
+
+    nnU-Net trusts dataset.json: an undeclared value (e.g. 3 when labels 0, 1, 2 are declared because the
+    source skips 2) only fails later, as an index error inside the loss of a background worker.
+    """
+    declared = _declared_values(label_names)
+    for path in label_paths:
+        extra = sorted(_label_values(path) - declared)
+        if extra:
+            raise ValueError(
+                f"label file {path} holds value(s) {extra}, but the labels {label_names} declare only "
+                f"{sorted(declared)}. nnU-Net needs consecutive values 0, 1, 2, ...: relabel the source files "
+                "(e.g. map the gap away) or name every value it holds"
+            )
+
+
+def _image_digest(paths: Sequence[str]) -> str:
+    """SHA-256 of an image's voxel content (every channel's array, shape and dtype), independent of the file
+    format, compression and name, so a copy of a case saved under another name or format is recognised."""
+    import SimpleITK as sitk
+
+    digest = hashlib.sha256()
+    for path in paths:
+        arr = np.ascontiguousarray(sitk.GetArrayFromImage(sitk.ReadImage(path)))
+        digest.update(f"{arr.shape}{arr.dtype}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def find_duplicate_images(parts: dict[str, dict[str, Sequence[str]]]) -> list[tuple[str, str, str, str]]:
+    """Cases whose image content is identical across two parts of a dataset (e.g. labeled, unlabeled, test).
+
+    Args:
+        parts: part name -> case id -> image files (one per channel).
+
+    Returns:
+        ``(part_a, case_a, part_b, case_b)`` for every pair of cases in different parts with identical voxel
+        content (see :func:`_image_digest`), in the order of ``parts``. Duplicates inside one part are not
+        reported: they do not leak information between training and test.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    duplicates = []
+    for part, cases in parts.items():
+        for case_id, paths in sorted(cases.items()):
+            key = _image_digest(paths)
+            if key in seen and seen[key][0] != part:
+                duplicates.append((*seen[key], part, case_id))
+            seen.setdefault(key, (part, case_id))
+    return duplicates
 
 
 def _check_label_names(label_names: dict) -> None:
@@ -306,7 +371,8 @@ def make_benchmark(
 
     Raises:
         FileExistsError: a folder ``Dataset<id:03d>_*`` already exists in ``out_dataset_dir_parent``.
-        ValueError: invalid arguments, counts or source data.
+        ValueError: invalid arguments, counts or source data: label files holding values that the labels do
+            not declare, or cases of two parts (labeled, unlabeled, test) with identical image content.
     """
     if (
         isinstance(dataset_id, bool)
@@ -373,6 +439,18 @@ def make_benchmark(
     if label_names is None:
         label_names = _infer_labels([c["label"] for c in cases.values()])
     _check_label_names(label_names)
+    _check_label_values([cases[c]["label"] for c in (*split.labeled, *split.test)], label_names)
+    duplicates = find_duplicate_images(
+        {part: {c: cases[c]["images"] for c in ids}
+         for part, ids in (("labeled", split.labeled), ("unlabeled", split.unlabeled), ("test", split.test))}
+    )  # fmt: skip
+    if duplicates:
+        shown = "; ".join(f"{a} case {ca!r} = {b} case {cb!r}" for a, ca, b, cb in duplicates[:5])
+        raise ValueError(
+            f"{len(duplicates)} case(s) have the same image content in two parts of the split ({shown}). "
+            "The benchmark would train on (or pseudo-label) what it tests on: remove the duplicate files "
+            f"from the source ({images_dir}) and build it again"
+        )
 
     # (image subfolder, label subfolder or None for withheld labels, case ids)
     parts = [

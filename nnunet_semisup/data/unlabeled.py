@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import re
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -275,6 +276,34 @@ def _preprocess_case(
     return case_id
 
 
+def _duplicate_warnings(
+    raw_dataset_dir: str, file_ending: str, cases: dict[str, list[str]], new_cases: list[str]
+) -> list[str]:
+    """One message per new unlabeled case whose image content equals an imagesTr or imagesTs case.
+
+    Compared by voxel content (:func:`~nnunet_semisup.data.benchmark.find_duplicate_images`), not by name: a
+    test scan copied into imagesUnlabeled under another name would make any evaluation on imagesTs
+    transductive. Training still goes on (the user may want it); checked only for new or changed cases, so
+    an unchanged dataset is not read again at every start.
+    """
+    from nnunet_semisup.data.benchmark import find_duplicate_images, find_source_cases
+
+    parts: dict[str, dict[str, list[str]]] = {}
+    for folder in ("imagesTr", "imagesTs"):
+        path = os.path.join(raw_dataset_dir, folder)
+        if os.path.isdir(path) and any(n.endswith(file_ending) for n in os.listdir(path)):
+            found = find_source_cases(path, None, file_ending)
+            parts[folder] = {case_id: entry["images"] for case_id, entry in found.items()}
+    parts[UNLABELED_FOLDER] = {case_id: cases[case_id] for case_id in new_cases}
+    return [
+        f"WARNING: unlabeled case {case_b!r} has the same image content as {part_a} case {case_a!r}. "
+        + ("Scores on imagesTs are then not on unseen data. " if part_a == "imagesTs" else "")
+        + f"Remove it from {UNLABELED_FOLDER}/ unless this is intended."
+        for part_a, case_a, part_b, case_b in find_duplicate_images(parts)
+        if part_b == UNLABELED_FOLDER
+    ]
+
+
 def preprocess_unlabeled(
     raw_dataset_dir: str,
     preprocessed_dataset_dir: str,
@@ -338,6 +367,10 @@ def preprocess_unlabeled(
     todo = [case_id for case_id in wanted if done.get(case_id) != wanted[case_id]]
     report.up_to_date = [case_id for case_id in wanted if case_id not in todo]
 
+    if todo:
+        for message in _duplicate_warnings(raw_dataset_dir, dataset_json["file_ending"], cases, todo):
+            log(message)
+            warnings.warn(message, stacklevel=2)
     os.makedirs(out_folder, exist_ok=True)
     if todo:
         log(f"Preprocessing {len(todo)} unlabeled case(s) into {out_folder}")

@@ -137,7 +137,10 @@ def evaluate_folders(
     """
     ref_cases = _list_cases(ref_dir, file_ending)
     if not ref_cases:
-        raise FileNotFoundError(f"no reference files ending in {file_ending!r} in {ref_dir}")
+        raise FileNotFoundError(
+            f"no reference files ending in {file_ending!r} in {ref_dir}; if the dataset uses another format, "
+            "pass its file ending (--file-ending .nrrd, or --labels-json with the dataset.json)"
+        )
     pred_cases = set(_list_cases(pred_dir, file_ending))
     missing = [case for case in ref_cases if case not in pred_cases]
     if missing:
