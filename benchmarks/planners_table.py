@@ -36,10 +36,7 @@ def main(preprocessed: str, few_id: str, all_id: str) -> None:
                 continue
             plans = json.loads(plans_file.read_text())
             c = plans["configurations"]["3d_fullres"]
-            n_labeled = len(
-                json.loads((folders[key] / "dataset.json").read_text())
-                and list((Path(str(folders[key]).replace("preprocessed", "raw")) / "labelsTr").glob("*"))
-            )
+            n_labeled = json.loads((folders[key] / "dataset.json").read_text())["numTraining"]
             n_unlabeled = plans.get("semisup_planning", {}).get("num_unlabeled_cases", 0)
             median = math.prod(c["median_image_size_in_voxels"])
             batch_voxels = c["batch_size"] * math.prod(c["patch_size"])

@@ -104,6 +104,7 @@ def add_parsers(subparsers) -> None:
         type=float,
         nargs="+",
         default=None,
+        metavar="MM",
         help="target spacing of 3d_fullres in mm, 3 numbers in nnU-Net's axis order (then also set "
         "-overwrite_plans_name)",
     )

@@ -114,7 +114,7 @@ def plan_and_preprocess_dataset(
         report.notes.append(
             f"{raw_dir} has no {UNLABELED_FOLDER}/ images: the plans come from the labeled cases alone and equal "
             f"nnU-Net's {parent} plans (only their name and data folders differ). Put unlabeled images into "
-            f"{os.path.join(raw_dir, UNLABELED_FOLDER)} (named like imagesTr) and run again with --clean to plan "
+            f"{os.path.join(raw_dir, UNLABELED_FOLDER)} (named like imagesTr) and run this command again to plan "
             f"with them."
         )
 

@@ -118,19 +118,18 @@ def test_fingerprint_adds_unlabeled_geometry_and_keeps_labeled_statistics(geomet
 
 @pytest.mark.parametrize(
     "stock_name, semisup_name",
-    [("ExperimentPlanner", "nnUNetSemiSupPlanner"), ("nnUNetPlannerResEncM", "nnUNetSemiSupPlannerResEncM")],
+    [("ExperimentPlanner", "nnUNetSemiSupPlanner")]
+    + [(f"nnUNetPlannerResEnc{s}", f"nnUNetSemiSupPlannerResEnc{s}") for s in ("M", "L", "XL")],
 )
 def test_plans_differ_from_nnunet_only_in_geometry(geometry_dataset, stock_name, semisup_name):
-    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-    from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
-        nnUNetPlannerResEncM,
-    )
+    from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners
 
     from nnunet_semisup.planners import experiment_planners
 
-    stock_class = {"ExperimentPlanner": ExperimentPlanner, "nnUNetPlannerResEncM": nnUNetPlannerResEncM}[
-        stock_name
-    ]
+    stock_class = getattr(default_experiment_planner, stock_name, None) or getattr(
+        residual_encoder_unet_planners, stock_name
+    )
     stock = _plan(stock_class, GEOMETRY_ID)
     semisup = _plan(getattr(experiment_planners, semisup_name), GEOMETRY_ID)
 
