@@ -8,8 +8,9 @@ from the labeled cases. These subclasses change two inputs and nothing else:
 1. the fingerprint: spacings and shapes of labeled + unlabeled images
    (:class:`~nnunet_semisup.planners.fingerprint.SemiSupervisedFingerprintExtractor`); intensity statistics
    stay those of the labeled foreground;
-2. the batch-size cap: nnU-Net caps the batch so that one batch covers at most 5 % of the dataset's voxels,
-   ``batch <= round(0.05 * median_voxels * numTraining / patch_voxels)`` (never below 2). Here the dataset is
+2. the batch-size cap: nnU-Net caps the batch so that one batch covers at most a fraction ``f`` of the
+   dataset's voxels, ``batch <= round(f * median_voxels * numTraining / patch_voxels)`` (never below 2;
+   ``f = max_dataset_covered``: 5 % for ``ExperimentPlanner``, 100 % for the ResEnc presets). Here the dataset is
    ``numTraining + unlabeled`` cases, because every step of a semi-supervised trainer trains on a labeled and
    an unlabeled batch of this size (``SemiSupervisedTrainer.unlabeled_batch_size`` defaults to it), drawn from
    the whole pool. The GPU-memory bound on the batch is unchanged.
@@ -24,6 +25,8 @@ Without unlabeled images the plans equal the parent planner's (apart from their 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -63,14 +66,15 @@ class nnUNetSemiSupPlanner(ExperimentPlanner):
 
     def get_plans_for_configuration(
         self,
-        spacing,
-        median_shape,
+        spacing: Sequence[float],
+        median_shape: Sequence[float],
         data_identifier: str,
         approximate_n_voxels_dataset: float,
         _cache: dict,
     ) -> dict:
-        """The parent's configuration, with the dataset's voxel count (the base of the 5 % batch cap) taken over
-        ``numTraining`` labeled plus the unlabeled cases. The parent passes ``median voxels * numTraining``."""
+        """The parent's configuration (spacing in mm, median shape in voxels, nnU-Net's axis order), with the
+        dataset's voxel count, the base of the batch cap, taken over ``numTraining`` labeled plus the unlabeled
+        cases. The parent passes ``median voxels * numTraining``."""
         num_labeled = self.dataset_json["numTraining"]
         approximate_n_voxels_dataset *= (num_labeled + self.num_unlabeled_cases) / num_labeled
         return super().get_plans_for_configuration(
@@ -82,9 +86,13 @@ class nnUNetSemiSupPlanner(ExperimentPlanner):
         # spacing can differ from nnUNetPlans', so every configuration gets a folder of its own
         return f"{self.plans_identifier}_{configuration_name}"
 
+    @classmethod
+    def nnunet_planner(cls) -> type[ExperimentPlanner]:
+        """The nnU-Net planner this class extends (the first of nnU-Net's classes in its MRO)."""
+        return next(c for c in cls.__mro__ if c.__module__.startswith("nnunetv2."))
+
     def save_plans(self, plans: dict) -> None:
-        parent = next(c for c in type(self).__mro__ if c.__module__.startswith("nnunetv2."))
-        plans["experiment_planner_used"] = parent.__name__
+        plans["experiment_planner_used"] = self.nnunet_planner().__name__
         plans["semisup_planning"] = {
             "planner": type(self).__name__,
             "fingerprint": SEMISUP_FINGERPRINT_FILE,

@@ -105,17 +105,16 @@ def plan_and_preprocess_dataset(
     )
     report = PlanningReport(
         dataset_name,
-        "",
+        plans_identifier="",
         num_labeled=len(fingerprint["labeled_case_ids"]),
         num_unlabeled=len(fingerprint["unlabeled_case_ids"]),
     )
     if report.num_unlabeled == 0:
-        parent = next(c for c in planner_class.__mro__ if c.__module__.startswith("nnunetv2.")).__name__
         report.notes.append(
             f"{raw_dir} has no {UNLABELED_FOLDER}/ images: the plans come from the labeled cases alone and equal "
-            f"nnU-Net's {parent} plans (only their name and data folders differ). Put unlabeled images into "
-            f"{os.path.join(raw_dir, UNLABELED_FOLDER)} (named like imagesTr) and run this command again to plan "
-            f"with them."
+            f"nnU-Net's {planner_class.nnunet_planner().__name__} plans (only their name and data folders "
+            f"differ). Put unlabeled images into {os.path.join(raw_dir, UNLABELED_FOLDER)} (named like imagesTr) "
+            f"and run this command again to plan with them."
         )
 
     log("Experiment planning...")
