@@ -116,6 +116,22 @@ def test_fingerprint_adds_unlabeled_geometry_and_keeps_labeled_statistics(geomet
         assert semisup[key] == stock[key]
 
 
+def test_fingerprint_is_redone_when_the_unlabeled_cases_change(geometry_dataset, nnunet_dirs):
+    from nnunet_semisup.planners.fingerprint import SemiSupervisedFingerprintExtractor
+
+    unlabeled = nnunet_dirs["raw"] / f"Dataset{GEOMETRY_ID}_Geometry" / "imagesUnlabeled"
+    added = unlabeled / "unl_005_0000.nii.gz"
+    shutil.copy(unlabeled / "unl_001_0000.nii.gz", added)
+    try:
+        fingerprint = SemiSupervisedFingerprintExtractor(GEOMETRY_ID, 1).run()
+        assert fingerprint["unlabeled_case_ids"][-1] == "unl_005"
+        assert fingerprint["spacings"] == [LABELED_SPACING] * 3 + [UNLABELED_SPACING] * 5
+    finally:
+        added.unlink()
+        fingerprint = SemiSupervisedFingerprintExtractor(GEOMETRY_ID, 1).run()
+    assert len(fingerprint["unlabeled_case_ids"]) == 4
+
+
 @pytest.mark.parametrize(
     "stock_name, semisup_name",
     [("ExperimentPlanner", "nnUNetSemiSupPlanner")]
