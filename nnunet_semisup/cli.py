@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunet_semisup.sparsification_cli import add_sparsification_parsers
 
     add_sparsification_parsers(sub)
+    from nnunet_semisup.planners.cli import add_parsers as add_planner_parsers  # plan-and-preprocess
+
+    add_planner_parsers(sub)
 
     p = sub.add_parser(
         "benchmark",

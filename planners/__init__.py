@@ -1,7 +1,8 @@
-"""Planner and preprocessor code (installed as ``nnunet_semisup.planners``).
+"""Planning that sees the unlabeled images (installed as ``nnunet_semisup.planners``).
 
-nnU-Net only looks up planners and preprocessors inside its own package, so code here runs through the
-``nnunet-semisup`` command line, and plans keep nnU-Net's ``DefaultPreprocessor`` so that
-``nnUNetv2_predict`` keeps working. Unlabeled images are preprocessed with the dataset's own plans by
-:mod:`nnunet_semisup.data.unlabeled`.
+nnU-Net only looks up planners and preprocessors inside its own package, so these planners
+(:mod:`.experiment_planners`, with the fingerprint of :mod:`.fingerprint`) run through
+``nnunet-semisup plan-and-preprocess`` (:mod:`.cli`), and the plans they write name only nnU-Net's classes
+(``DefaultPreprocessor``, its network classes), so ``nnUNetv2_train -p`` and ``nnUNetv2_predict -p`` use them
+unchanged. See docs/planners.md. Nothing is imported here, so that the command line starts fast.
 """

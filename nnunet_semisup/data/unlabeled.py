@@ -220,6 +220,30 @@ def _check_nifti_header_spacing(path: str) -> None:
             return
 
 
+def read_unlabeled_case(
+    case_id: str, image_files: list[str], reader_writer_class: type, dataset_json: dict
+) -> tuple[np.ndarray, dict]:
+    """Read one unlabeled case with nnU-Net's reader and check it.
+
+    Returns the image, shape (C, x, y, z) in nnU-Net's axis order, and the reader's properties (``spacing`` in
+    mm, same axis order). Raises :class:`UnlabeledDataError`, naming the file and the fix, for an unreadable
+    file, a wrong channel count, a 2D image, an invalid or missing (NIfTI pixdim 0) spacing, NaN/inf values, or
+    a label map put among the images.
+    """
+    hint = image_files[0] if len(image_files) == 1 else f"unlabeled case {case_id!r} ({image_files})"
+    try:
+        data, properties = reader_writer_class().read_images(image_files)
+    except Exception as e:
+        raise UnlabeledDataError(
+            f"{hint}: could not read the image ({type(e).__name__}: {e}). Check that the file is a valid "
+            f"{dataset_json['file_ending']} image (open it in a viewer) or remove it."
+        ) from None
+    _check_image(hint, np.asarray(data), properties, dataset_json)
+    for path in image_files:
+        _check_nifti_header_spacing(path)
+    return data, properties
+
+
 def _preprocess_case(
     case_id: str,
     image_files: list[str],
@@ -234,19 +258,9 @@ def _preprocess_case(
 
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
-    reader = plans_manager.image_reader_writer_class()
-    hint = image_files[0] if len(image_files) == 1 else f"unlabeled case {case_id!r} ({image_files})"
-    try:
-        data, properties = reader.read_images(image_files)
-    except Exception as e:
-        raise UnlabeledDataError(
-            f"{hint}: could not read the image ({type(e).__name__}: {e}). Check that the file is a valid "
-            f"{dataset_json['file_ending']} image (open it in a viewer) or remove it."
-        ) from None
-    _check_image(hint, np.asarray(data), properties, dataset_json)
-    for path in image_files:
-        _check_nifti_header_spacing(path)
-
+    data, properties = read_unlabeled_case(
+        case_id, image_files, plans_manager.image_reader_writer_class, dataset_json
+    )
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, seg, properties = preprocessor.run_case_npy(
         data, None, properties, plans_manager, configuration_manager, dataset_json
