@@ -277,17 +277,24 @@ def _image_digest(paths: Sequence[str]) -> str:
 
     digest = hashlib.sha256()
     for path in paths:
-        arr = np.ascontiguousarray(sitk.GetArrayFromImage(sitk.ReadImage(path)))
+        try:
+            arr = np.ascontiguousarray(sitk.GetArrayFromImage(sitk.ReadImage(path)))
+        except RuntimeError as e:  # SimpleITK's error for unreadable files
+            raise ValueError(f"cannot read image {path}: {str(e).strip().splitlines()[-1]}") from e
         digest.update(f"{arr.shape}{arr.dtype}".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
 
 
-def find_duplicate_images(parts: dict[str, dict[str, Sequence[str]]]) -> list[tuple[str, str, str, str]]:
+def find_duplicate_images(
+    parts: dict[str, dict[str, Sequence[str]]], skip_unreadable: bool = False
+) -> list[tuple[str, str, str, str]]:
     """Cases whose image content is identical across two parts of a dataset (e.g. labeled, unlabeled, test).
 
     Args:
         parts: part name -> case id -> image files (one per channel).
+        skip_unreadable: leave out cases whose files cannot be read (for callers whose own reading reports
+            them with more context) instead of raising ``ValueError`` naming the file.
 
     Returns:
         ``(part_a, case_a, part_b, case_b)`` for every pair of cases in different parts with identical voxel
@@ -298,7 +305,12 @@ def find_duplicate_images(parts: dict[str, dict[str, Sequence[str]]]) -> list[tu
     duplicates = []
     for part, cases in parts.items():
         for case_id, paths in sorted(cases.items()):
-            key = _image_digest(paths)
+            try:
+                key = _image_digest(paths)
+            except ValueError:
+                if skip_unreadable:
+                    continue
+                raise
             if key in seen and seen[key][0] != part:
                 duplicates.append((*seen[key], part, case_id))
             seen.setdefault(key, (part, case_id))

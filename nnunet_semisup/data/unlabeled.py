@@ -313,7 +313,7 @@ def _duplicate_warnings(
         f"WARNING: unlabeled case {case_b!r} has the same image content as {part_a} case {case_a!r}. "
         + ("Scores on imagesTs are then not on unseen data. " if part_a == "imagesTs" else "")
         + f"Remove it from {UNLABELED_FOLDER}/ unless this is intended."
-        for part_a, case_a, part_b, case_b in find_duplicate_images(parts)
+        for part_a, case_a, part_b, case_b in find_duplicate_images(parts, skip_unreadable=True)
         if part_b == UNLABELED_FOLDER
     ]
 
