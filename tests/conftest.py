@@ -218,7 +218,7 @@ def meta_tiny_dataset(sparse_tiny_dataset) -> ConsoleRunner:
         runner("nnUNetv2_train", str(SPARSE_TINY_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu",
                extra_env=schedule)  # fmt: skip
     runner("nnunet-semisup", "pseudo-labels", "-d", str(SPARSE_TINY_ID), "-f", "0", "-o",
-           str(runner.root / "pseudo"), "--device", "cpu", "--disable-tta", "--fused-id", "521", "--meta-id",
+           str(runner.root / "pseudo"), "-device", "cpu", "--disable_tta", "--fused-id", "521", "--meta-id",
            str(META_TINY_ID), "--no-progress")  # fmt: skip
     runner("nnUNetv2_preprocess", "-d", str(META_TINY_ID), "-plans_name", "nnUNetPlans", "-c", "3d_fullres",
            "-np", "1")  # fmt: skip

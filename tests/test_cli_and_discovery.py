@@ -94,11 +94,11 @@ def find_trainer():
 @pytest.mark.parametrize(
     "name, module",
     [
-        ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher"),
-        ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher"),
+        ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher.trainer"),
+        ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher.trainer"),
         ("LabeledOnlyTrainer", "nnunet_semisup.trainers.labeled_only"),
-        ("DualSubnetContrastTrainer", "nnunet_semisup.trainers.dual_subnet"),
-        ("DualSubnetContrastTrainer_NoProto", "nnunet_semisup.trainers.dual_subnet"),
+        ("DualSubnetContrastTrainer", "nnunet_semisup.trainers.dual_subnet.trainer"),
+        ("DualSubnetContrastTrainer_NoProto", "nnunet_semisup.trainers.dual_subnet.trainer"),
     ],
 )
 def test_nnunet_trainer_search_finds_our_classes_with_real_module_path(find_trainer, name, module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nnunet_semisup.trainers.dual_subnet as dual_subnet_module
+import nnunet_semisup.trainers.dual_subnet.trainer as dual_subnet_module
 
 pytestmark = pytest.mark.e2e
 

@@ -63,9 +63,9 @@ def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(t
     run(
         "nnunet-semisup",
         "evaluate",
-        "-ref",
+        "--ref",
         str(run.raw / "Dataset501_Tiny" / "labelsTs"),
-        "-pred",
+        "--pred",
         str(pred),
         "--labels-json",
         str(run.raw / "Dataset501_Tiny" / "dataset.json"),

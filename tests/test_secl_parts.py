@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.heads import ProjectionHead
-from nnunet_semisup.losses.info_nce import InfoNCELoss
 from nnunet_semisup.schedules import ema_update
-from nnunet_semisup.trainers.secl import (
+from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss
+from nnunet_semisup.trainers.secl.projection_head import ProjectionHead
+from nnunet_semisup.trainers.secl.trainer import (
     SECLTrainer,
     SECLTrainer_alpha0,
     SECLTrainer_alpha099,

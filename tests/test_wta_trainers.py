@@ -12,7 +12,7 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from nnunet_semisup.wta import encoder_conv_parameters
+from nnunet_semisup.trainers.wta.autoencoder import encoder_conv_parameters
 
 
 def _image_patches(trainer, n: int = 2) -> torch.Tensor:

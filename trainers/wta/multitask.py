@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from nnunet_semisup.trainers.base import unwrap_network
-from nnunet_semisup.trainers.wta import WTATrainerBase
-from nnunet_semisup.wta import WTAAutoencoderHeads, encoder_level_features
+from nnunet_semisup.trainers.wta.autoencoder import WTAAutoencoderHeads, encoder_level_features
+from nnunet_semisup.trainers.wta.pretrain import WTATrainerBase
 
 
 class WTAMultiTaskStep(nn.Module):
@@ -47,7 +47,7 @@ class WTAMultiTaskTrainer(WTATrainerBase):
     ``L = L_seg(labeled) + gamma * mean_levels L_WTA(labeled + unlabeled)``
 
     with nnU-Net's Dice+CE (deep supervision) as ``L_seg`` and the Huber WTA reconstruction loss (see
-    :mod:`nnunet_semisup.wta`; level 0 reconstructs the image, level 1 the features entering stage 1). The
+    :mod:`nnunet_semisup.trainers.wta.autoencoder`; level 0 reconstructs the image, level 1 the features entering stage 1). The
     encoder is shared: the labeled batch runs through the whole network once and its stage outputs feed the WTA
     decoders; the unlabeled batch only runs through the first levels. Level inputs are not detached here (the
     reconstruction gradient of level 1 reaches stage 0 as well: one jointly trained encoder); targets are.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_semisup.losses.wta_reconstruction import WTAReconstructionLoss
+from nnunet_semisup.trainers.wta.reconstruction_loss import WTAReconstructionLoss
 
 
 def winner_take_all(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -23,13 +23,11 @@ import pydoc
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
-from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
-from nnunet_semisup.heads import freeze_deep_supervision_seg_layers
-from nnunet_semisup.multiplane_pseudo_labels import SOURCES, nearest_pseudo_label_set
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import SOURCES, nearest_pseudo_label_set
+from nnunet_semisup.trainers.sparsification.networks import YShapedUNet
 
 NUM_SETS = len(SOURCES)
 # nnU-Net's intensity augmentations: they would alter the A(Y^) and pseudo-label channels, so they are removed
@@ -41,31 +39,6 @@ _INTENSITY_TRANSFORMS = (
     "SimulateLowResolutionTransform",
     "GammaTransform",
 )
-
-
-class YShapedUNet(nn.Module):
-    """Image encoder + A(Y^) encoder (same stages as the plans' PlainConvUNet), skips summed, one decoder.
-
-    Input (B, C_img + K + S, *spatial): image channels, K probability channels of A(Y^), S pseudo-label
-    channels (ignored here). Output (B, K, *spatial) logits (a list per scale with deep supervision).
-    """
-
-    def __init__(self, image_channels: int, num_classes: int, arch_kwargs: dict):
-        super().__init__()
-        self.image_channels = image_channels
-        self.num_classes = num_classes
-        enc = {k: arch_kwargs[k] for k in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides",
-                                           "n_conv_per_stage", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
-                                           "dropout_op_kwargs", "nonlin", "nonlin_kwargs")}  # fmt: skip
-        self.encoder = PlainConvEncoder(image_channels, return_skips=True, **enc)
-        self.aux_encoder = PlainConvEncoder(num_classes, return_skips=True, **enc)
-        self.decoder = UNetDecoder(self.encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], False)
-        freeze_deep_supervision_seg_layers(self.decoder)  # no deep supervision: DDP-safe
-
-    def forward(self, x: torch.Tensor):
-        c, k = self.image_channels, self.num_classes
-        skips = [a + b for a, b in zip(self.encoder(x[:, :c]), self.aux_encoder(x[:, c : c + k]))]
-        return self.decoder(skips)
 
 
 class SelfTrainingMetaTrainer(SemiSupervisedTrainer):

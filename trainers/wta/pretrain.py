@@ -1,6 +1,7 @@
 """Winner-take-all autoencoder pretraining (the first step of S-TL): Sital et al., "3D medical image segmentation
 with labeled and unlabeled data using autoencoders at the example of liver segmentation in CT images" (no public
-code). Fine-tuning: :mod:`trainers.wta_finetune`; multi-task training (S-MTL): :mod:`trainers.wta_multitask`."""
+code). Fine-tuning: :mod:`~nnunet_semisup.trainers.wta.finetune`; multi-task training (S-MTL):
+:mod:`~nnunet_semisup.trainers.wta.multitask`."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from torch import nn
 from nnunet_semisup.data.loader import CentreGaussianDataLoader, UnlabeledDataLoader
 from nnunet_semisup.data.unlabeled import UnlabeledDataError, unlabeled_status
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
-from nnunet_semisup.training_log import SemiSupLocalLogger
-from nnunet_semisup.wta import (
+from nnunet_semisup.trainers.wta.autoencoder import (
     WTAAutoencoderHeads,
     encoder_level_features,
     huber_loss_per_sample,
     save_reconstruction_figure,
     wta_heads_for_plans,
 )
+from nnunet_semisup.training_log import SemiSupLocalLogger
 
 WTA_HEADS_KEY = "wta_decoders"
 
@@ -51,7 +52,7 @@ class WTAPretrainStep(nn.Module):
 
 class WTATrainerBase(SemiSupervisedTrainer):
     """What WTA pretraining and multi-task training share (not a method by itself): one WTA decoder per
-    encoder level (:class:`nnunet_semisup.wta.WTAAutoencoderHeads`), trained by nnU-Net's SGD optimizer in an
+    encoder level (:class:`nnunet_semisup.trainers.wta.autoencoder.WTAAutoencoderHeads`), trained by nnU-Net's SGD optimizer in an
     extra parameter group, saved under ``semisup_state['wta_decoders']`` and restored by ``--c``.
 
     The encoder is ``self.network.encoder`` (nnU-Net's planned network, unchanged): its weights keep nnU-Net's
@@ -162,7 +163,7 @@ class WTATrainerBase(SemiSupervisedTrainer):
 class WTAPretrainTrainer(WTATrainerBase):
     """Pretraining of the encoder as stacked winner-take-all autoencoders on labeled + unlabeled images (no
     labels used): level 0 reconstructs the image patch, level ``i > 0`` the features entering ``stages[i]``
-    (see :mod:`nnunet_semisup.wta`); loss = mean over levels of the Huber loss (delta 1).
+    (see :mod:`nnunet_semisup.trainers.wta.autoencoder`); loss = mean over levels of the Huber loss (delta 1).
 
     Every iteration uses the images of nnU-Net's labeled batch (patches placed uniformly at random: foreground
     oversampling is off, labels are never read) and one unlabeled batch. With ``patch_centre_sampling =

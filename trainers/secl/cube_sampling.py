@@ -251,7 +251,7 @@ def region_grid(
 
 
 def region_masks(region_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative masks of RACS for :class:`~nnunet_semisup.losses.info_nce.InfoNCELoss`.
+    """Positive and negative masks of RACS for :class:`~nnunet_semisup.trainers.secl.info_nce_loss.InfoNCELoss`.
 
     Sample ``i`` is region ``region_ids[i]`` of some image; the candidates are both views of all N samples,
     ``[view a; view b]``. For anchor ``i`` (view a), every candidate of the same region (the same region of

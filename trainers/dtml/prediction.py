@@ -14,9 +14,9 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch import nn
 
-from nnunet_semisup.distance import sdm_to_mask
 from nnunet_semisup.extra_network_prediction import ExtraNetworkPredictor
-from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
+from nnunet_semisup.trainers.dtml.sdm_network import SDMRegressionNetwork, num_sdm_channels
+from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 
 SOURCES = ("dist", "average")
 _EPS = 1e-6

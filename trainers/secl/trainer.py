@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_semisup.augment import ViewAugmentation
-from nnunet_semisup.heads import ProjectionHead
-from nnunet_semisup.losses.info_nce import InfoNCELoss
-from nnunet_semisup.sampling import (
+from nnunet_semisup.schedules import ema_update
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.secl.cube_sampling import (
     anatomical_cube_slots,
     crop_cubes,
     cube_starts,
@@ -22,8 +21,9 @@ from nnunet_semisup.sampling import (
     region_grid,
     region_masks,
 )
-from nnunet_semisup.schedules import ema_update
-from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss
+from nnunet_semisup.trainers.secl.projection_head import ProjectionHead
+from nnunet_semisup.trainers.secl.view_augmentation import ViewAugmentation
 
 
 def make_ema_teacher(student_parts: nn.ModuleDict) -> nn.ModuleDict:
@@ -68,7 +68,7 @@ class SECLTrainer(SemiSupervisedTrainer):
     Every iteration, K cubes are cropped from the (nnU-Net-augmented) unlabeled patches, around the anatomical
     centre of each substructure that the current model predicts there (anatomical-aware sampling, AACS; the
     paper's best). Two random views of the cubes (flip, rotation, scale, elastic, intensity shift; see
-    :class:`~nnunet_semisup.augment.ViewAugmentation`) go through the student encoder + projector (with
+    :class:`~nnunet_semisup.trainers.secl.view_augmentation.ViewAugmentation`) go through the student encoder + projector (with
     gradient) and through the teacher encoder + projector (no gradient, no decoder). L_c is InfoNCE: a cube's
     other view is its positive, the 2(K-1) other views of the minibatch its negatives. The teacher is an EMA
     of the student's encoder and projector (Eq. 3), decay ``alpha`` from the first step.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from nnunet_semisup.distance import signed_distance_map
-from nnunet_semisup.heads import SDMRegressionNetwork, num_sdm_channels
-from nnunet_semisup.losses.dual_task_consistency import DualTaskConsistencyLoss
-from nnunet_semisup.losses.sdm_mask_dice import SDMMaskDiceLoss
-from nnunet_semisup.losses.sdm_regression import SDMRegressionLoss
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.dtml.dual_task_consistency_loss import DualTaskConsistencyLoss
+from nnunet_semisup.trainers.dtml.sdm_mask_dice_loss import SDMMaskDiceLoss
+from nnunet_semisup.trainers.dtml.sdm_network import SDMRegressionNetwork, num_sdm_channels
+from nnunet_semisup.trainers.dtml.sdm_regression_loss import SDMRegressionLoss
+from nnunet_semisup.trainers.dtml.signed_distance import signed_distance_map
 
 
 class DTMLTrainer(SemiSupervisedTrainer):

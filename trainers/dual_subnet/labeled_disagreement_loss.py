@@ -2,7 +2,7 @@
 ``train_LA.py``) adds to each subnet's supervised loss: on the *labeled* patches, where exactly one of the two
 subnets confidently predicts foreground (or they confidently predict different foreground classes), the squared
 error between the subnet's foreground probabilities and the label. The paper's L_reg (Eq. 4-5) is instead an L1
-between the two subnets on unlabeled voxels (:mod:`nnunet_semisup.losses.confident_disagreement`); this file
+between the two subnets on unlabeled voxels (:mod:`nnunet_semisup.trainers.dual_subnet.confident_disagreement_loss`); this file
 exists for the variant that trains as the public code does (see README, DualSubnetContrastTrainer)."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnunet_semisup.distance import sdm_to_mask
+from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 
 
 class SDMMaskDiceLoss(nn.Module):

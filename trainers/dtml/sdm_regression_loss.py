@@ -11,12 +11,12 @@ class SDMRegressionLoss(nn.Module):
 
     Zhang & Zhang, "Dual-Task Mutual Learning for Semi-Supervised Medical Image Segmentation", PRCV 2021:
     L_dis, the L2 regression of the signed distance map (Table 1; the paper's best setting uses L_mask instead,
-    see :class:`~nnunet_semisup.losses.sdm_mask_dice.SDMMaskDiceLoss`). Voxels with an unknown label are left
+    see :class:`~nnunet_semisup.trainers.dtml.sdm_mask_dice_loss.SDMMaskDiceLoss`). Voxels with an unknown label are left
     out through ``valid``.
 
     Shapes:
         sdm_prediction: (B, C, *spatial) predicted signed distance maps in [-1, 1].
-        sdm_target: (B, C, *spatial) targets from :func:`~nnunet_semisup.distance.signed_distance_map`.
+        sdm_target: (B, C, *spatial) targets from :func:`~nnunet_semisup.trainers.dtml.signed_distance.signed_distance_map`.
         valid (optional): (B, 1, *spatial) 0/1, 0 where the label is unknown (nnU-Net's ignore label).
         Returns a float32 scalar (0 when no voxel is valid).
     """

@@ -10,19 +10,19 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
-from nnunet_semisup.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
-from nnunet_semisup.losses.confident_disagreement import ConfidentDisagreementLoss
-from nnunet_semisup.losses.labeled_disagreement import (
+from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.dual_subnet.confident_disagreement_loss import ConfidentDisagreementLoss
+from nnunet_semisup.trainers.dual_subnet.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
+from nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss import (
     LabeledDisagreementLoss,
     confident_foreground_disagreement_mask,
 )
-from nnunet_semisup.losses.prototype_contrast import PrototypeContrastLoss, sample_voxels
-from nnunet_semisup.pseudo_labels import (
+from nnunet_semisup.trainers.dual_subnet.prototype_contrast_loss import PrototypeContrastLoss, sample_voxels
+from nnunet_semisup.trainers.dual_subnet.pseudo_labels import (
     filtered_pseudo_labels,
     pseudo_label_loss,
     select_pseudo_label_source,
 )
-from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESIDUAL_ENCODER_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -419,7 +419,7 @@ class DualSubnetContrastTrainer_CodeObjective(DualSubnetContrastTrainer):
     ``torch.no_grad()``, so neither L_u nor L_c sends any gradient to either subnet (verified by reading the code;
     see README). Each subnet's loss is its supervised loss (CE + Dice) plus ``0.5 *`` a "mistake" term on the
     *labeled* patches: the squared error to the label where exactly one subnet confidently (>= 0.6) predicts
-    foreground (:class:`~nnunet_semisup.losses.labeled_disagreement.LabeledDisagreementLoss`). Unlabeled patches
+    foreground (:class:`~nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss.LabeledDisagreementLoss`). Unlabeled patches
     only pass through the code's batch normalization; nnU-Net's instance normalization makes that a no-op, so this
     variant draws no unlabeled batch at all (and so does not need ``imagesUnlabeled``)."""
 

@@ -7,8 +7,8 @@ whose validation cases are D's (pseudo-labeled cases are training-only), and a s
 scratch. ``--rounds 2`` repeats this with the student as the teacher (dataset ``out-id + 1``, and so on).
 
 Everything runs through the stock console scripts (``nnUNetv2_train``, ``nnUNetv2_predict``,
-``nnUNetv2_move_plans_between_datasets``, ``nnUNetv2_preprocess``), so every model is a normal nnU-Net results
-folder. Finished steps are recognised and skipped on a rerun. D is never modified; a dataset id that is
+``nnUNetv2_move_plans_between_datasets``, ``nnUNetv2_preprocess``; see :mod:`nnunet_semisup.nnunet_commands`), so
+every model is a normal nnU-Net results folder. Finished steps are recognised and skipped on a rerun. D is never modified; a dataset id that is
 taken by anything else is an error, never overwritten.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_semisup import nnunet_commands
 from nnunet_semisup.console import Console
 
 MANIFEST_NAME = "semisup_self_training.json"
-PREPROCESSED_MARKER = "semisup_self_training_preprocessed.json"
 TEACHER_STAMP = "semisup_teacher.json"
 MANIFEST_FORMAT = 1
 # dataset.json keys of D that describe D's own folders, not the new dataset
@@ -310,28 +310,12 @@ def build_self_training_dataset(
 # orchestration
 
 
-def _results_fold_dir(results_root: str, dataset_name: str, trainer: str, plans: str, configuration: str,
-                      fold: str) -> Path:  # fmt: skip
-    return Path(results_root) / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
-
-
 def _train(console: Console, log: Path, dataset_name: str, trainer: str, opts: SelfTrainingOptions,
-           results_root: str, what: str) -> Path:  # fmt: skip
-    """``nnUNetv2_train`` unless ``checkpoint_final.pth`` exists; continues (``--c``) an interrupted run."""
-    fold_dir = _results_fold_dir(
-        results_root, dataset_name, trainer, opts.plans, opts.configuration, opts.fold
-    )
-    final = fold_dir / "checkpoint_final.pth"
-    if final.is_file():
-        console.say(f"{what}: already trained ({final})")
-        return final
-    resume = ["--c"] if fold_dir.is_dir() else []
-    console.say(f"{what}: training {trainer} on {dataset_name}" + (" (continuing)" if resume else ""))
-    console.run(log, "nnUNetv2_train", dataset_name, opts.configuration, opts.fold, "-tr", trainer,
-                "-p", opts.plans, "-device", opts.device, *resume)  # fmt: skip
-    if not final.is_file():
-        raise SelfTrainingError(f"nnUNetv2_train finished without writing {final}; see {log}")
-    return final
+           what: str) -> Path:  # fmt: skip
+    from nnunetv2.paths import nnUNet_results
+
+    return nnunet_commands.train(console, log, dataset_name, opts.configuration, opts.fold, trainer, opts.plans,
+                                 opts.device, str(nnUNet_results), what)  # fmt: skip
 
 
 def _check_source(
@@ -411,13 +395,11 @@ def _pseudo_label(console: Console, opts: SelfTrainingOptions, work: Path, raw_d
             "folder away to predict again"
         )
     stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
-    tta = ["--disable_tta"] if opts.disable_tta else []
-    probs = ["--save_probabilities"] if opts.confidence is not None else []
-    console.run(work / "logs" / "predict_unlabeled.log", "nnUNetv2_predict", "-i", str(raw_dir / UNLABELED_FOLDER),
-                "-o", str(predictions), "-d", teacher["dataset"], "-c", opts.configuration, "-p", opts.plans,
-                "-tr", teacher["trainer"], "-f", opts.fold, "-device", opts.device,
-                "-npp", str(opts.num_processes), "-nps", str(opts.num_processes), "--continue_prediction",
-                *tta, *probs)  # fmt: skip
+    nnunet_commands.predict(
+        console, work / "logs" / "predict_unlabeled.log", raw_dir / UNLABELED_FOLDER, predictions, teacher["dataset"],
+        opts.configuration, teacher["trainer"], opts.plans, opts.fold, opts.device, opts.num_processes,
+        disable_tta=opts.disable_tta, save_probabilities=opts.confidence is not None, continue_prediction=True,
+    )  # fmt: skip
 
     source_json = json.loads((raw_dir / "dataset.json").read_text())
     file_ending = source_json["file_ending"]
@@ -441,36 +423,6 @@ def _pseudo_label(console: Console, opts: SelfTrainingOptions, work: Path, raw_d
     return files, ignored
 
 
-def _prepare_preprocessed(console: Console, opts: SelfTrainingOptions, source_name: str, target_id: int,
-                          target_name: str, raw_root: str, preprocessed_root: str, splits: list[dict] | None,
-                          work: Path) -> None:  # fmt: skip
-    """D's plans moved to the new dataset, its dataset.json and splits, then ``nnUNetv2_preprocess``."""
-    target = Path(preprocessed_root) / target_name
-    marker = target / PREPROCESSED_MARKER
-    done = json.loads(marker.read_text()) if marker.is_file() else []
-    if [opts.plans, opts.configuration] in done:
-        console.say(f"{target_name}: {opts.plans} {opts.configuration} already preprocessed")
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    if not (target / f"{opts.plans}.json").is_file():
-        # the stock command rewrites dataset_name and the reader/writer and keeps everything else of D's plans
-        # (spacing, patch size, normalization statistics): the student sees exactly what the teacher saw
-        console.run(work / "logs" / "move_plans.log", "nnUNetv2_move_plans_between_datasets", "-s", source_name,
-                    "-t", target_name, "-sp", opts.plans, "-tp", opts.plans)  # fmt: skip
-    # nnUNetv2_preprocess and the trainers read dataset.json from nnUNet_preprocessed, which planning writes and
-    # moving plans does not
-    shutil.copyfile(Path(raw_root) / target_name / "dataset.json", target / "dataset.json")
-    # the trainer copies the fingerprint into its results folder; D's is the one these plans were made from (a
-    # new fingerprint would also count ignore voxels as foreground in its intensity statistics)
-    shutil.copyfile(Path(preprocessed_root) / source_name / "dataset_fingerprint.json",
-                    target / "dataset_fingerprint.json")  # fmt: skip
-    if splits is not None:
-        (target / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
-    console.run(work / "logs" / "preprocess.log", "nnUNetv2_preprocess", "-d", str(target_id),
-                "-plans_name", opts.plans, "-c", opts.configuration, "-np", str(opts.num_processes))  # fmt: skip
-    marker.write_text(json.dumps([*done, [opts.plans, opts.configuration]]) + "\n")
-
-
 def run_self_training(opts: SelfTrainingOptions) -> dict:
     """Run (or resume) self-training as described in the module docstring.
 
@@ -478,7 +430,6 @@ def run_self_training(opts: SelfTrainingOptions) -> dict:
     Raises :class:`SelfTrainingError` for bad input, conflicts with existing data, or a failed step.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     if opts.rounds < 1:
         raise SelfTrainingError(f"--rounds must be at least 1, got {opts.rounds}")
@@ -492,10 +443,7 @@ def run_self_training(opts: SelfTrainingOptions) -> dict:
     for key, value in roots.items():
         if not value:
             raise SelfTrainingError(f"environment variable nnUNet_{key} is not set (see nnU-Net's set-up)")
-    try:
-        source_name = maybe_convert_to_dataset_name(opts.dataset)
-    except RuntimeError as e:
-        raise SelfTrainingError(f"dataset {opts.dataset!r} not found ({e})") from None
+    source_name = nnunet_commands.resolve_dataset(opts.dataset, SelfTrainingError, prefix="")
     raw_dir = Path(nnUNet_raw) / source_name
     if not raw_dir.is_dir():
         raise SelfTrainingError(f"{raw_dir} not found: self-training reads the raw images of {source_name}")
@@ -533,8 +481,7 @@ def run_self_training(opts: SelfTrainingOptions) -> dict:
         work = Path(nnUNet_results) / target_name / "self_training"
         step = f"[round {r}/{opts.rounds}]"
         log = work / "logs" / "train_teacher.log"
-        checkpoint = _train(console, log, teacher_dataset, teacher_trainer, opts, nnUNet_results,
-                            f"{step} teacher")  # fmt: skip
+        checkpoint = _train(console, log, teacher_dataset, teacher_trainer, opts, f"{step} teacher")
         teacher = {
             "dataset": teacher_dataset,
             "trainer": teacher_trainer,
@@ -554,12 +501,13 @@ def run_self_training(opts: SelfTrainingOptions) -> dict:
             )  # fmt: skip
             console.say(f"{step} pseudo-labeled dataset: wrote {path}")
         splits = _source_splits(Path(nnUNet_preprocessed) / source_name, sorted(labeled), opts.fold)
-        _prepare_preprocessed(
-            console, opts, source_name, opts.out_id + r - 1, target_name, nnUNet_raw, nnUNet_preprocessed,
-            None if splits is None else self_training_splits(splits, sorted(unlabeled)), work,
+        nnunet_commands.move_plans_and_preprocess(
+            console, work / "logs", source_name, opts.out_id + r - 1, target_name, opts.plans, opts.configuration,
+            opts.num_processes, nnUNet_raw, nnUNet_preprocessed,
+            None if splits is None else self_training_splits(splits, sorted(unlabeled)),
         )  # fmt: skip
         checkpoint = _train(console, work / "logs" / "train_student.log", target_name, opts.student_trainer, opts,
-                            nnUNet_results, f"{step} student")  # fmt: skip
+                            f"{step} student")  # fmt: skip
         teacher_dataset, teacher_trainer = target_name, opts.student_trainer
 
     command = (

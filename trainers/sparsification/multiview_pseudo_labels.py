@@ -13,7 +13,7 @@ Output folder layout (one file per case in each)::
 
 Arrays are in the image's own array order (nnU-Net's reader: (z, y, x) for NIfTI): nnU-Net exports predictions
 after undoing its transpose and crop, and the 2D model's slices along xz/yz are moved back into place inside
-:class:`~nnunet_semisup.slice_network.SliceWiseNetwork`.
+:class:`~nnunet_semisup.trainers.sparsification.networks.SliceWiseNetwork`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -70,22 +71,13 @@ def average_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack([p.astype(np.float32) for p in probabilities]), axis=0)
 
 
-def _predictor(model_folder: str, folds, device: str, disable_tta: bool):
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+def _predictor(model_folder: str, folds: Sequence[str], device: str, disable_tta: bool):
+    from nnunet_semisup.nnunet_commands import load_predictor
 
-    if not os.path.isdir(model_folder):
-        raise PseudoLabelError(
-            f"no trained model in {model_folder}: train it first (see the README walkthrough)"
-        )
-    predictor = nnUNetPredictor(
-        use_mirroring=not disable_tta,
-        perform_everything_on_device=device != "cpu",
-        device=torch.device(device),
-        allow_tqdm=False,
-    )
-    predictor.initialize_from_trained_model_folder(model_folder, folds, "checkpoint_final.pth")
-    return predictor
+    try:
+        return load_predictor(model_folder, folds, device, disable_tta)
+    except FileNotFoundError as e:
+        raise PseudoLabelError(f"{e} (see the README walkthrough)") from None
 
 
 def predict_pseudo_label_sets(
@@ -107,17 +99,16 @@ def predict_pseudo_label_sets(
     Cases whose four sets and average exist already are skipped (resumable). Returns the manifest.
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
     from tqdm import tqdm
 
-    from nnunet_semisup.slice_network import SliceWiseNetwork, network_axis
+    from nnunet_semisup.nnunet_commands import model_folder
+    from nnunet_semisup.trainers.sparsification.networks import SliceWiseNetwork, network_axis
 
     if not cases:
         raise PseudoLabelError(f"no images to pseudo-label for dataset {dataset}")
-    folds_parsed = [f if f == "all" else int(f) for f in folds]
     models = {
-        "3d": get_output_folder(dataset, trainer_3d, plans, configuration),
-        "2d": get_output_folder(dataset, trainer_2d, plans, configuration),
+        "3d": str(model_folder(dataset, trainer_3d, plans, configuration)),
+        "2d": str(model_folder(dataset, trainer_2d, plans, configuration)),
     }
     for folder in models.values():
         if not os.path.isdir(folder):
@@ -131,7 +122,7 @@ def predict_pseudo_label_sets(
         if not todo:
             continue
         os.makedirs(folder, exist_ok=True)
-        predictor = _predictor(models["3d" if source == "3d" else "2d"], folds_parsed, device, disable_tta)
+        predictor = _predictor(models["3d" if source == "3d" else "2d"], folds, device, disable_tta)
         if source != "3d":
             if not isinstance(predictor.network, SliceWiseNetwork):
                 raise PseudoLabelError(f"{models['2d']} is not a SparseMultiPlane2DTrainer model")
@@ -273,7 +264,7 @@ META_CHANNEL_NAME = "noNorm"
 
 
 def write_meta_dataset(sparse_raw_folder: str, pseudo_dir: str, raw_root: str, out_id: int, name: str) -> str:
-    """The meta dataset of :class:`~nnunet_semisup.trainers.meta.SelfTrainingMetaTrainer`.
+    """The meta dataset of :class:`~nnunet_semisup.trainers.sparsification.meta.SelfTrainingMetaTrainer`.
 
     Per case (training and unlabeled): channels ``_0000``.. = the image's own channels (symlinked), then K float
     channels of A(Y^), then the four pseudo-label sets (3d, xy, xz, yz) as label-valued channels (all named
@@ -384,7 +375,7 @@ def meta_plans(source_plans: dict, dataset_name: str, extra_channels: int) -> di
 def prepare_meta_plans(sparse_dataset: str, meta_folder: str, plans: str, preprocessed_root: str) -> str:
     """Write the meta dataset's plans (``meta_plans`` of the sparse dataset's ``plans``), dataset.json and
     fingerprint into ``nnUNet_preprocessed``, ready for ``nnUNetv2_preprocess``. Returns the plans file."""
-    import shutil
+    from nnunet_semisup.nnunet_commands import install_dataset_files
 
     src = os.path.join(preprocessed_root, sparse_dataset)
     plans_file = os.path.join(src, plans + ".json")
@@ -400,10 +391,7 @@ def prepare_meta_plans(sparse_dataset: str, meta_folder: str, plans: str, prepro
     os.makedirs(dst, exist_ok=True)
     with open(os.path.join(dst, plans + ".json"), "w") as f:
         json.dump(meta_plans(source_plans, name, extra), f, indent=1)
-    shutil.copyfile(os.path.join(meta_folder, "dataset.json"), os.path.join(dst, "dataset.json"))
-    shutil.copyfile(
-        os.path.join(src, "dataset_fingerprint.json"), os.path.join(dst, "dataset_fingerprint.json")
-    )
+    install_dataset_files(Path(meta_folder) / "dataset.json", Path(src), Path(dst))
     return os.path.join(dst, plans + ".json")
 
 
@@ -429,9 +417,10 @@ def predict_sparse_cascade(
     segmentations to ``output_folder/CASE<ending>``. Returns the output folder.
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    meta_model = get_output_folder(meta_dataset, trainer_meta, plans, configuration)
+    from nnunet_semisup.nnunet_commands import model_folder
+
+    meta_model = str(model_folder(meta_dataset, trainer_meta, plans, configuration))
     if not os.path.isdir(meta_model):
         raise PseudoLabelError(
             f"no trained meta-model in {meta_model}: train {trainer_meta} on {meta_dataset}"
@@ -458,7 +447,7 @@ def predict_sparse_cascade(
     rw = determine_reader_writer_from_dataset_json(meta_json, cases[next(iter(cases))][0], verbose=False)()
     for case, files in cases.items():
         write_meta_inputs(case, files, pseudo_dir, meta_inputs, ending, rw)
-    predictor = _predictor(meta_model, [f if f == "all" else int(f) for f in folds], device, disable_tta)
+    predictor = _predictor(meta_model, folds, device, disable_tta)
     predictor.predict_from_files(
         meta_inputs, output_folder, save_probabilities=False, overwrite=True,
         num_processes_preprocessing=num_processes, num_processes_segmentation_export=num_processes,

@@ -1,6 +1,9 @@
-"""2D networks on 3D data: a 2D U-Net with the 3D plans' stages (``plainconv_unet_2d``), applied slice by slice
-along any plane (``SliceWiseNetwork``, ``network_axis``). Used by ``SparseMultiPlane2DTrainer`` and by the
-multi-plane pseudo-label step, which reorients one trained 2D model to each plane."""
+"""The networks of annotation sparsification (Zheng et al., AAAI 2020).
+
+- 2D networks on 3D data: a 2D U-Net with the 3D plans' stages (``plainconv_unet_2d``), applied slice by slice
+  along any plane (``SliceWiseNetwork``, ``network_axis``). Used by ``SparseMultiPlane2DTrainer`` and by the
+  multi-plane pseudo-label step, which reorients one trained 2D model to each plane.
+- The meta-model's Y-shaped U-Net (``YShapedUNet``), used by ``SelfTrainingMetaTrainer``."""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
-from nnunet_semisup.selection import PLANE_AXIS
+from nnunet_semisup.networks import freeze_deep_supervision_seg_layers
+from nnunet_semisup.trainers.sparsification.selection import PLANE_AXIS
 
 
 def network_axis(plane: str, transpose_forward: list[int]) -> int:
@@ -94,3 +100,28 @@ def plainconv_unet_2d(arch_kwargs: dict, input_channels: int, num_classes: int, 
     net = PlainConvUNet(input_channels, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs)
     divisor = int(np.prod([s[0] for s in strides]))
     return net, (divisor, divisor)
+
+
+class YShapedUNet(nn.Module):
+    """Image encoder + A(Y^) encoder (same stages as the plans' PlainConvUNet), skips summed, one decoder.
+
+    Input (B, C_img + K + S, *spatial): image channels, K probability channels of A(Y^), S pseudo-label
+    channels (ignored here). Output (B, K, *spatial) logits (a list per scale with deep supervision).
+    """
+
+    def __init__(self, image_channels: int, num_classes: int, arch_kwargs: dict):
+        super().__init__()
+        self.image_channels = image_channels
+        self.num_classes = num_classes
+        enc = {k: arch_kwargs[k] for k in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides",
+                                           "n_conv_per_stage", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
+                                           "dropout_op_kwargs", "nonlin", "nonlin_kwargs")}  # fmt: skip
+        self.encoder = PlainConvEncoder(image_channels, return_skips=True, **enc)
+        self.aux_encoder = PlainConvEncoder(num_classes, return_skips=True, **enc)
+        self.decoder = UNetDecoder(self.encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], False)
+        freeze_deep_supervision_seg_layers(self.decoder)  # no deep supervision: DDP-safe
+
+    def forward(self, x: torch.Tensor):
+        c, k = self.image_channels, self.num_classes
+        skips = [a + b for a, b in zip(self.encoder(x[:, :c]), self.aux_encoder(x[:, c : c + k]))]
+        return self.decoder(skips)

@@ -1,7 +1,9 @@
-"""The ``nnunet-semisup`` commands of annotation sparsification (Zheng et al., AAAI 2020), in pipeline order:
+"""The ``nnunet-semisup`` verbs of annotation sparsification (Zheng et al., AAAI 2020), in pipeline order:
 
 nnunet-semisup select-slices -d D --budget 10 [--strategy ra|eia] [--features autoencoder|pixels|mod:Class]
 nnunet-semisup sparsify -d D --plan PLAN.json --out-id ID [--name NAME] [--link]
+nnunet-semisup pseudo-labels -d D [--fused-id ID] [--meta-id ID] [--trainer-2d T] [--trainer-3d T] ...
+nnunet-semisup predict-sparse -i IN -o OUT -d D --meta-dataset M [--trainer-meta T] ...
 """
 
 from __future__ import annotations
@@ -11,21 +13,19 @@ import json
 import os
 import sys
 
-
-def _raw_dataset_folder(dataset: str) -> str:
-    if os.path.isdir(dataset):
-        return os.path.abspath(dataset)
-    from nnunetv2.paths import nnUNet_raw
-
-    from nnunet_semisup.cli import _resolve_dataset
-
-    return os.path.join(nnUNet_raw.require(), _resolve_dataset(dataset))
+from nnunet_semisup.cli_args import add_device_arguments, deprecated_alias
+from nnunet_semisup.nnunet_commands import raw_dataset_folder, resolve_dataset
 
 
 def _cmd_select_slices(args: argparse.Namespace) -> int:
-    from nnunet_semisup.selection import SelectionError, make_extractor, plan_summary, select_slices
+    from nnunet_semisup.trainers.sparsification.selection import (
+        SelectionError,
+        make_extractor,
+        plan_summary,
+        select_slices,
+    )
 
-    folder = _raw_dataset_folder(args.d)
+    folder = raw_dataset_folder(args.d)
     name = os.path.basename(folder)
     output = args.o or f"annotation_plan_{name}_{args.strategy}_s{args.budget}.json"
     summary_file = os.path.splitext(output)[0] + ".txt"
@@ -55,9 +55,9 @@ def _cmd_select_slices(args: argparse.Namespace) -> int:
 def _cmd_sparsify(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_raw
 
-    from nnunet_semisup.sparsify import SparsifyError, sparsify_dataset
+    from nnunet_semisup.trainers.sparsification.sparsify import SparsifyError, sparsify_dataset
 
-    source = _raw_dataset_folder(args.d)
+    source = raw_dataset_folder(args.d)
     with open(args.plan) as f:
         plan = json.load(f)
     name = (
@@ -86,14 +86,14 @@ def _cmd_sparsify(args: argparse.Namespace) -> int:
 def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_raw
 
-    from nnunet_semisup.multiplane_pseudo_labels import (
+    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
         PseudoLabelError,
         input_cases,
         predict_pseudo_label_sets,
         write_fused_dataset,
     )
 
-    folder = _raw_dataset_folder(args.d)
+    folder = raw_dataset_folder(args.d)
     dataset = os.path.basename(folder)
     with open(os.path.join(folder, "dataset.json")) as f:
         dataset_json = json.load(f)
@@ -101,7 +101,7 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
         cases = input_cases(folder, dataset_json, ("imagesTr", "imagesUnlabeled"))
         out = args.o or os.path.join(os.environ.get("nnUNet_results", "."), dataset, "pseudo_labels")
         predict_pseudo_label_sets(
-            dataset, cases, out, args.c, args.p, args.tr2d, args.tr3d, args.f, args.device, args.disable_tta,
+            dataset, cases, out, args.c, args.p, args.trainer_2d, args.trainer_3d, args.f, args.device, args.disable_tta,
             args.np, not args.no_progress,
         )  # fmt: skip
         print(f"Pseudo-label sets {', '.join(('3d', 'xy', 'xz', 'yz'))} and their average A(Y^) of {len(cases)} "
@@ -115,7 +115,10 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
         if args.meta_id is not None:
             from nnunetv2.paths import nnUNet_preprocessed
 
-            from nnunet_semisup.multiplane_pseudo_labels import prepare_meta_plans, write_meta_dataset
+            from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
+                prepare_meta_plans,
+                write_meta_dataset,
+            )
 
             name = args.meta_name or f"{dataset.split('_', 1)[-1]}Meta"
             target = write_meta_dataset(folder, out, nnUNet_raw.require(), args.meta_id, name)
@@ -132,13 +135,15 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_sparse(args: argparse.Namespace) -> int:
-    from nnunet_semisup.cli import _resolve_dataset
-    from nnunet_semisup.multiplane_pseudo_labels import PseudoLabelError, predict_sparse_cascade
+    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
+        PseudoLabelError,
+        predict_sparse_cascade,
+    )
 
     try:
         predict_sparse_cascade(
-            args.i, args.o, _resolve_dataset(args.d), _resolve_dataset(args.meta_d), args.c, args.p, args.f,
-            args.tr2d, args.tr3d, args.tr_meta, args.device, args.disable_tta, args.np, not args.no_progress,
+            args.i, args.o, resolve_dataset(args.d), resolve_dataset(args.meta_dataset), args.c, args.p, args.f,
+            args.trainer_2d, args.trainer_3d, args.trainer_meta, args.device, args.disable_tta, args.np, not args.no_progress,
         )  # fmt: skip
     except PseudoLabelError as e:
         print(f"nnunet-semisup predict-sparse: error: {e}", file=sys.stderr)
@@ -147,7 +152,7 @@ def _cmd_predict_sparse(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the sparsification sub-commands to ``nnunet-semisup``'s sub-parsers."""
     p = sub.add_parser(
         "select-slices",
@@ -200,9 +205,11 @@ def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", default="3d_fullres", help="configuration of both base models (default: 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", nargs="+", default=["0"], help="folds of the base models (default: 0)")
-    p.add_argument("--tr2d", default="SparseMultiPlane2DTrainer", help="2D base model trainer")
+    p.add_argument("--trainer-2d", default="SparseMultiPlane2DTrainer", help="2D base model trainer")
     p.add_argument(
-        "--tr3d", default="LabeledOnlyTrainer", help="3D base model trainer (default: LabeledOnlyTrainer)"
+        "--trainer-3d",
+        default="LabeledOnlyTrainer",
+        help="3D base model trainer (default: LabeledOnlyTrainer)",
     )
     p.add_argument("-o", help="output folder (default: $nnUNet_results/<dataset>/pseudo_labels)")
     p.add_argument("--fused-id", type=int, help="also write the fused pseudo-label dataset with this id")
@@ -211,7 +218,9 @@ def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
         "--meta-id", type=int, help="also write the meta-model's dataset (SelfTrainingMetaTrainer)"
     )
     p.add_argument("--meta-name", help="name of the meta dataset (default: <name>Meta)")
-    _device_args(p)
+    add_device_arguments(p)
+    for old, new in (("--tr2d", "--trainer-2d"), ("--tr3d", "--trainer-3d")):
+        deprecated_alias(p, old, new)
     p.set_defaults(func=_cmd_pseudo_labels)
 
     p = sub.add_parser(
@@ -224,19 +233,15 @@ def add_sparsification_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", required=True, help="input folder (nnU-Net naming CASE_0000.nii.gz)")
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-d", required=True, help="sparse dataset of the base models (name or id)")
-    p.add_argument("--meta-d", required=True, help="meta dataset of the meta-model (name or id)")
+    p.add_argument("--meta-dataset", required=True, help="meta dataset of the meta-model (name or id)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", nargs="+", default=["0"], help="folds of all models (default: 0)")
-    p.add_argument("--tr2d", default="SparseMultiPlane2DTrainer")
-    p.add_argument("--tr3d", default="LabeledOnlyTrainer")
-    p.add_argument("--tr-meta", default="SelfTrainingMetaTrainer")
-    _device_args(p)
+    p.add_argument("--trainer-2d", default="SparseMultiPlane2DTrainer")
+    p.add_argument("--trainer-3d", default="LabeledOnlyTrainer")
+    p.add_argument("--trainer-meta", default="SelfTrainingMetaTrainer")
+    add_device_arguments(p)
+    for old, new in (("--tr2d", "--trainer-2d"), ("--tr3d", "--trainer-3d"), ("--tr-meta", "--trainer-meta"),
+                     ("--meta-d", "--meta-dataset")):  # fmt: skip
+        deprecated_alias(p, old, new)
     p.set_defaults(func=_cmd_predict_sparse)
-
-
-def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
-    p.add_argument("--disable_tta", "--disable-tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("-np", type=int, default=1, help="pre/post-processing workers (default: 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,6 +1,6 @@
 """S-TL, the transfer step of Sital et al. ("3D medical image segmentation with labeled and unlabeled data using
 autoencoders at the example of liver segmentation in CT images"): fine-tune a segmentation network whose encoder
-comes from :class:`~nnunet_semisup.trainers.wta.WTAPretrainTrainer`, loaded with stock ``-pretrained_weights``."""
+comes from :class:`~nnunet_semisup.trainers.wta.pretrain.WTAPretrainTrainer`, loaded with stock ``-pretrained_weights``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 
 import torch
 
-from nnunet_semisup.poly_lr import PerGroupPolyLRScheduler
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
-from nnunet_semisup.wta import encoder_conv_parameters, weight_norm_phi
+from nnunet_semisup.trainers.wta.autoencoder import encoder_conv_parameters, weight_norm_phi
+from nnunet_semisup.trainers.wta.poly_lr import PerGroupPolyLRScheduler
 
 # what must match between the pretraining plans and these plans for the encoder to mean the same thing
 _PLANS_FIELDS_THAT_MUST_MATCH = ("architecture", "spacing", "normalization_schemes", "patch_size")

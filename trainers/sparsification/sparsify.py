@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 
-from nnunet_semisup.selection import SelectionError, annotated_mask, validate_plan
+from nnunet_semisup.trainers.sparsification.selection import SelectionError, annotated_mask, validate_plan
 
 PLAN_FILE_NAME = "annotation_plan.json"
 # folders of the source that are carried over unchanged (images only, or test labels)
