@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-from nnunet_semisup.cli_args import deprecated_alias
+from nnunet_semisup.cli_args import deprecated_alias, report_error
 from nnunet_semisup.nnunet_commands import resolve_dataset
 from nnunet_semisup.trainers.dtml import cli as dtml_cli
 from nnunet_semisup.trainers.dual_subnet import cli as dual_subnet_cli
@@ -58,8 +58,7 @@ def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
             log=print,
         )
     except (UnlabeledDataError, FileNotFoundError, RuntimeError) as e:
-        print(f"nnunet-semisup preprocess-unlabeled: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("preprocess-unlabeled", e)
     if not report.case_ids:
         print(
             f"No unlabeled images found in {os.path.join(nnUNet_raw.get(), dataset_name, 'imagesUnlabeled')}."
@@ -131,8 +130,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.pred, args.ref, file_ending=args.file_ending, labels=labels, num_processes=args.np
         )
     except (ValueError, FileNotFoundError) as e:  # bad input: the message names the case, files and fix
-        print(f"nnunet-semisup evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("evaluate", e)
     print(format_table(summary))
     output = args.o or os.path.join(args.pred, "semisup_summary.json")
     save_summary(summary, output)
@@ -191,8 +189,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         run_benchmark(options)
     except BenchmarkError as e:
-        print(f"nnunet-semisup benchmark: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("benchmark", e)
     return 0
 
 

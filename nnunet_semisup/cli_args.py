@@ -16,6 +16,13 @@ import os
 import sys
 
 
+def report_error(command: str, error: Exception) -> int:
+    """Print ``nnunet-semisup COMMAND: error: MESSAGE`` on stderr, for bad input whose message names the file or
+    value and the fix (no traceback); returns the command's exit code, 2."""
+    print(f"nnunet-semisup {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
 class _DeprecatedFlag(argparse.Action):
     """Stores into the new flag's destination and prints a deprecation message on stderr."""
 
@@ -103,8 +110,7 @@ def _predict_with_extra_network(command: str, predictor: str, args: argparse.Nam
             tile_step_size=args.step_size, source=args.source,
         )  # fmt: skip
     except ValueError as e:  # not a model of that method: say so, no traceback
-        print(f"nnunet-semisup {command}: error: {e}", file=sys.stderr)
-        return 2
+        return report_error(command, e)
     loaded.predict_from_files(
         args.i,
         args.o,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +91,17 @@ def fold_folder(
 def parse_folds(folds: Sequence[str] | None) -> list[int | str] | None:
     """nnU-Net's fold arguments (``0`` .. ``4`` or ``all``) as its predictor takes them; None stays None."""
     return None if folds is None else [f if f == "all" else int(f) for f in folds]
+
+
+def pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
+    """The path given to ``nnUNetv2_train -pretrained_weights`` (nnU-Net does not pass it to the trainer)."""
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "-pretrained_weights" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("-pretrained_weights="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 # ------------------------------------------------------------------ console scripts

@@ -36,7 +36,7 @@ def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     # same planned architecture; M_d's unused lower-resolution seg layers (no deep supervision) are frozen
     assert 0 < len(groups[1]["params"]) < len(groups[0]["params"])
     assert all(i in ckpt["optimizer_state"]["state"] for i in groups[1]["params"])
-    for key in ("loss_seg", "loss_dist", "loss_cons", "cons_weight"):
+    for key in ("loss_sup", "loss_dist", "loss_cons", "cons_weight"):
         assert len(ckpt["logging"][key]) == 1
     assert 0 < ckpt["logging"]["loss_dist"][0] <= 1  # soft Dice of M_d's mask
 

@@ -33,9 +33,9 @@ def test_secl_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     ckpt = _load(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "SECLTrainer"
     _check_secl_state(ckpt, 2)
-    for key in ("loss_sup", "loss_con", "con_weight", "cubes_anchored"):
+    for key in ("loss_sup", "loss_contrast", "contrast_weight", "cubes_anchored"):
         assert len(ckpt["logging"][key]) == 1
-    assert ckpt["logging"]["loss_con"][0] > 0 and 0 <= ckpt["logging"]["cubes_anchored"][0] <= 1
+    assert ckpt["logging"]["loss_contrast"][0] > 0 and 0 <= ckpt["logging"]["cubes_anchored"][0] <= 1
     log_text = "".join(p.read_text() for p in out.glob("training_log_*.txt"))
     assert "SECL AACS: cubes" in log_text
 
@@ -75,7 +75,7 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
         trainer.optimizer.zero_grad(set_to_none=True)
         loss, terms = trainer.compute_loss(data, target, unlabeled)
         loss.backward()
-        assert terms["loss_con"] > 0
+        assert terms["loss_contrast"] > 0
         assert all(p.grad is None for p in trainer.teacher.parameters())
         # the projector only sees the contrastive path: its gradient comes through the student's encoder
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.projector.parameters())
@@ -85,5 +85,5 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
     second = _load(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     _check_secl_state(second, 4)
-    assert second["logging"]["loss_con"][0] == first["logging"]["loss_con"][0]
-    assert len(second["logging"]["loss_con"]) == 2
+    assert second["logging"]["loss_contrast"][0] == first["logging"]["loss_contrast"][0]
+    assert len(second["logging"]["loss_contrast"]) == 2

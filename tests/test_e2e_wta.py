@@ -68,7 +68,7 @@ def test_wta_multitask_predicts_and_resume_restores_decoders(tiny_dataset, monke
     first = _load(out / "checkpoint_final.pth")
     state = first["semisup_state"]
     assert state["wta_num_levels"] == 2 and state["gamma"]["count"] == 2
-    for key in ("loss_seg", "loss_wta", "gamma", "loss_wta_level0", "loss_wta_level1"):
+    for key in ("loss_sup", "loss_wta", "wta_weight", "loss_wta_level0", "loss_wta_level1"):
         assert len(first["logging"][key]) == 1
     run.predict("WTAMultiTaskTrainer", "pred_wta_multitask")
 

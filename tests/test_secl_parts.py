@@ -94,7 +94,7 @@ def test_ema_update_is_exact_over_encoder_projector_and_shared_decoder(alpha, wi
         assert all(torch.equal(after[k], current[k]) for k in after)
 
 
-def test_contrastive_weight_follows_the_paper_rampup():
+def test_contrast_weight_follows_the_paper_rampup():
     t_max = SECLTrainer.rampup_length.fget(
         SimpleNamespace(rampup_fraction=SECLTrainer.rampup_fraction, num_epochs=4, num_iterations_per_epoch=5)
     )
@@ -102,7 +102,7 @@ def test_contrastive_weight_follows_the_paper_rampup():
 
     def weight(step):
         return SECLTrainer.rampup_weight(
-            SimpleNamespace(global_step=step, rampup_length=t_max), SECLTrainer.contrastive_weight
+            SimpleNamespace(global_step=step, rampup_length=t_max), SECLTrainer.contrast_weight
         )
 
     assert weight(0) == pytest.approx(0.1 * math.exp(-5))
@@ -115,7 +115,7 @@ def test_variants_change_only_what_their_names_say():
     assert SECLTrainer.sampling == "anatomical" and SECLTrainer.ema_decay == 0.9
     assert SECLTrainer_RACS.sampling == "region" and SECLTrainer_RACS.ema_decay == 0.9
     assert SECLTrainer_alpha0.ema_decay == 0.0 and SECLTrainer_alpha099.ema_decay == 0.99
-    assert SECLTrainer_NoContrast.contrastive_weight == 0.0 and not SECLTrainer_NoContrast.uses_unlabeled_data
+    assert SECLTrainer_NoContrast.contrast_weight == 0.0 and not SECLTrainer_NoContrast.uses_unlabeled_data
     for variant in (SECLTrainer_RACS, SECLTrainer_alpha0, SECLTrainer_alpha099, SECLTrainer_NoContrast):
         assert variant.temperature == SECLTrainer.temperature and variant.cube_size == SECLTrainer.cube_size
 

@@ -7,59 +7,23 @@ modules, its own losses, networks, samplers, prediction code and ``cli.py`` verb
 
 The classes are imported on first use (see :mod:`nnunet_semisup.lazy_exports`), so that the ``nnunet-semisup``
 command, which reads the methods' ``cli.py`` modules, does not import torch and nnU-Net's trainer for every verb.
+Each method package lists its trainer classes in its own ``__init__.py``; this package exports all of them.
 """
+
+import importlib
+import pkgutil
 
 from nnunet_semisup.lazy_exports import lazy_exports
 
-# every trainer class, by the module (or method package) that defines it
-__all__, __getattr__ = lazy_exports(
-    __name__,
-    {
-        "base": ("SemiSupervisedTrainer",),
-        "labeled_only": ("LabeledOnlyTrainer",),
-        "mean_teacher": (
-            "MeanTeacherTrainer",
-            "MeanTeacherTrainer_PredictTeacher",
-        ),
-        "secl": (
-            "SECLTrainer",
-            "SECLTrainer_NoContrast",
-            "SECLTrainer_RACS",
-            "SECLTrainer_alpha0",
-            "SECLTrainer_alpha099",
-        ),
-        "dtml": (
-            "DTMLTrainer",
-            "DTMLTrainer_LabeledOnly",
-            "DTMLTrainer_Ldis",
-            "DTMLTrainer_LdisLmask",
-        ),
-        "dual_subnet": (
-            "DualSubnetContrastTrainer",
-            "DualSubnetContrastTrainer_CodeObjective",
-            "DualSubnetContrastTrainer_Drop80",
-            "DualSubnetContrastTrainer_GlobalEntropy",
-            "DualSubnetContrastTrainer_NoProto",
-            "DualSubnetContrastTrainer_NoReg",
-            "DualSubnetContrastTrainer_PrintedLambda",
-            "DualSubnetContrastTrainer_RampU",
-            "DualSubnetContrastTrainer_RisingT",
-            "DualSubnetContrastTrainer_TwoSupervised",
-        ),
-        "wta": (
-            "WTAPretrainTrainer",
-            "WTAPretrainTrainer_CentreGaussian",
-            "WTAFinetuneTrainer",
-            "WTAFinetuneTrainer_FinetuneAll",
-            "WTAFinetuneTrainer_FinetuneLast",
-            "WTAFinetuneTrainer_FreezeAll",
-            "WTAMultiTaskTrainer",
-            "WTAMultiTaskTrainer_OneLevel",
-        ),
-        "sparsification": (
-            "SparseMultiPlane2DTrainer",
-            "SelfTrainingMetaTrainer",
-            "SelfTrainingMetaTrainer_Stage1Only",
-        ),
-    },
-)
+
+def _exports() -> dict[str, tuple[str, ...]]:
+    """Module or method package -> the trainer classes it exports: the two modules of this folder, and every
+    ``trainers/<method>/`` package with the names of its ``__all__`` (found, so a new method needs no entry)."""
+    exports = {"base": ("SemiSupervisedTrainer",), "labeled_only": ("LabeledOnlyTrainer",)}
+    for method in pkgutil.iter_modules(__path__):
+        if method.ispkg:
+            exports[method.name] = tuple(importlib.import_module(f"{__name__}.{method.name}").__all__)
+    return exports
+
+
+__all__, __getattr__ = lazy_exports(__name__, _exports())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_same_dense_shape
 from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 
 
@@ -33,11 +34,7 @@ class DualTaskConsistencyLoss(nn.Module):
         self.k = k
 
     def forward(self, seg_probabilities: torch.Tensor, sdm_prediction: torch.Tensor) -> torch.Tensor:
-        if seg_probabilities.shape != sdm_prediction.shape:
-            raise ValueError(
-                f"segmentation probabilities and SDM prediction must have the same shape (B, C, *spatial), got "
-                f"{tuple(seg_probabilities.shape)} and {tuple(sdm_prediction.shape)}"
-            )
-        if seg_probabilities.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(seg_probabilities.shape)}")
+        check_same_dense_shape(
+            seg_probabilities, sdm_prediction, "segmentation probabilities", "SDM prediction"
+        )
         return ((seg_probabilities.float() - sdm_to_mask(sdm_prediction, self.k)) ** 2).mean()

@@ -80,12 +80,9 @@ class DualTaskPredictor(ExtraNetworkPredictor):
     """``nnUNetPredictor`` for DTML models that predicts with M_d (``source='dist'``, the default) or with the
     average of M_s and M_d (``source='average'``); everything else is nnU-Net's predictor."""
 
-    sources, default_source = SOURCES, "dist"
-    config_key = "sdm_k"
-    extra_name = "DTML distance network"
-    state_key = "dist_network"
+    sources, default_source, command, trainer_hint = SOURCES, "dist", "predict-dtml", "DTMLTrainer"
+    state_key, config_key, extra_name = "dist_network", "sdm_k", "DTML distance network"
     extra_prefix, main_prefix = "dist", "seg"
-    command, trainer_hint = "predict-dtml", "DTMLTrainer"
 
     def build_inference_network(self, config: float, main_network: nn.Module | None) -> nn.Module:
         trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)

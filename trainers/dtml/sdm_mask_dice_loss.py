@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_same_dense_shape
 from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 
 
@@ -42,13 +43,7 @@ class SDMMaskDiceLoss(nn.Module):
     def forward(
         self, sdm_prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if sdm_prediction.shape != target.shape:
-            raise ValueError(
-                f"SDM prediction and target masks must have the same shape (B, C, *spatial), got "
-                f"{tuple(sdm_prediction.shape)} and {tuple(target.shape)}"
-            )
-        if sdm_prediction.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(sdm_prediction.shape)}")
+        check_same_dense_shape(sdm_prediction, target, "SDM prediction", "target masks")
         probabilities = sdm_to_mask(sdm_prediction, self.k)
         target = target.float()
         if valid is not None:

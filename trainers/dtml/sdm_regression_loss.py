@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_same_dense_shape
+
 
 class SDMRegressionLoss(nn.Module):
     """Mean squared error between predicted and target (normalized) signed distance maps.
@@ -24,13 +26,7 @@ class SDMRegressionLoss(nn.Module):
     def forward(
         self, sdm_prediction: torch.Tensor, sdm_target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if sdm_prediction.shape != sdm_target.shape:
-            raise ValueError(
-                f"SDM prediction and target must have the same shape (B, C, *spatial), got "
-                f"{tuple(sdm_prediction.shape)} and {tuple(sdm_target.shape)}"
-            )
-        if sdm_prediction.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(sdm_prediction.shape)}")
+        check_same_dense_shape(sdm_prediction, sdm_target, "SDM prediction", "target")
         squared = (sdm_prediction.float() - sdm_target.float()) ** 2
         if valid is None:
             return squared.mean()

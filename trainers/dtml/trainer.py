@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_semisup.networks import freeze_deep_supervision_seg_layers
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.dtml.dual_task_consistency_loss import DualTaskConsistencyLoss
 from nnunet_semisup.trainers.dtml.sdm_mask_dice_loss import SDMMaskDiceLoss
@@ -48,7 +49,7 @@ class DTMLTrainer(SemiSupervisedTrainer):
     uses_sdm_loss_dis: bool = False
     # weight of L_dis next to L_mask when both are on; the paper gives none, so the two are simply added
     sdm_dis_weight: float = 1.0
-    semisup_log_keys = ("loss_seg", "loss_dist", "loss_cons", "cons_weight")
+    semisup_log_keys = ("loss_sup", "loss_dist", "loss_cons", "cons_weight")
 
     def build_dist_network(self) -> torch.nn.Module:
         """M_d: the planned architecture with one output per foreground class or region, deep supervision
@@ -62,8 +63,7 @@ class DTMLTrainer(SemiSupervisedTrainer):
         )
         # with deep supervision off the decoder only runs its last seg layer; freezing the others keeps DDP
         # from waiting for gradients that never come (and the optimizer from carrying dead parameters)
-        for layer in getattr(getattr(backbone, "decoder", None), "seg_layers", [])[:-1]:
-            layer.requires_grad_(False)
+        freeze_deep_supervision_seg_layers(getattr(backbone, "decoder", None))
         return SDMRegressionNetwork(backbone).to(self.device)
 
     def configure_optimizers(self):
@@ -122,19 +122,11 @@ class DTMLTrainer(SemiSupervisedTrainer):
 
     def compute_loss(self, data, target, unlabeled):
         n_labeled = data.shape[0]
-        images = torch.cat([data, unlabeled]) if unlabeled is not None else data
-        seg_output = self.network(images)
+        images = self.joint_batch(data, unlabeled)
+        loss_sup, seg_logits = self.labeled_loss_and_logits(self.network(images), target, n_labeled)
         sdm_prediction = self.dist_network(images)
-        if isinstance(seg_output, (list, tuple)):  # deep supervision: full resolution first
-            loss_seg = self.loss([o[:n_labeled] for o in seg_output], target)
-            seg_logits = seg_output[0]
-            full_target = target[0]
-        else:
-            loss_seg = self.loss(seg_output[:n_labeled], target)
-            seg_logits = seg_output
-            full_target = target
 
-        masks, valid = self.foreground_targets(full_target)
+        masks, valid = self.foreground_targets(self.full_resolution_target(target))
         loss_dist = torch.zeros((), device=data.device)
         if self.uses_sdm_loss_mask:
             loss_dist = loss_dist + self.sdm_mask_loss(sdm_prediction[:n_labeled], masks, valid)
@@ -146,10 +138,10 @@ class DTMLTrainer(SemiSupervisedTrainer):
 
         loss_cons = self.consistency_loss(self.foreground_probabilities(seg_logits), sdm_prediction)
         weight = self.rampup_weight(self.consistency_weight)
-        objective_seg = loss_seg + weight * loss_cons  # Eq. 5, M_s
+        objective_seg = loss_sup + weight * loss_cons  # Eq. 5, M_s
         objective_dist = loss_dist + weight * loss_cons  # Eq. 6, M_d
         return objective_seg + objective_dist, {
-            "loss_seg": loss_seg,
+            "loss_sup": loss_sup,
             "loss_dist": loss_dist,
             "loss_cons": loss_cons,
             "cons_weight": weight,

@@ -69,11 +69,9 @@ class DualSubnetPredictor(ExtraNetworkPredictor):
     nnU-Net's."""
 
     sources, default_source = SOURCES, "average"
-    config_key = "subnet_b_architecture"
-    extra_name = "subnet B"
-    state_key = "subnet_b"
-    extra_prefix, main_prefix = "b", "a"
     command, trainer_hint = "predict-dual-subnet", "DualSubnetContrastTrainer"
+    state_key, config_key, extra_name = "subnet_b", "subnet_b_architecture", "subnet B"
+    extra_prefix, main_prefix = "b", "a"
 
     def build_inference_network(self, config: dict, main_network: nn.Module | None) -> nn.Module:
         subnet_b = build_subnet_b(

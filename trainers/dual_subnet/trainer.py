@@ -127,7 +127,7 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
         "loss_reg",
         "loss_contrast",
         "contrast_weight",
-        "unlabeled_weight",
+        "unsup_weight",
         "threshold",
         "source_b",
         "m_diff_fraction",
@@ -237,19 +237,15 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
         return groups
 
     # ------------------------------------------------------------------ schedules
-    @property
-    def _progress(self) -> float:
-        return min(1.0, self.global_step / max(1, self.num_epochs * self.num_iterations_per_epoch))
-
     def confidence_threshold(self) -> float:
         """T at the current iteration: linear from ``confidence_threshold_start`` to ``..._end``."""
         start, end = self.confidence_threshold_start, self.confidence_threshold_end
-        return start + (end - start) * self._progress
+        return start + (end - start) * self.training_progress
 
     def contrast_weight_now(self) -> float:
         """lambda_c at the current iteration (``contrast_schedule``)."""
         if self.contrast_schedule == "printed":
-            return self.contrast_weight * math.exp(4.0 * (1.0 - self._progress) ** 2)
+            return self.contrast_weight * math.exp(4.0 * (1.0 - self.training_progress) ** 2)
         return self.rampup_weight(self.contrast_weight)
 
     # ------------------------------------------------------------------ losses
@@ -275,19 +271,16 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
 
     def compute_loss(self, data, target, unlabeled):
         n_labeled = data.shape[0]
-        images = torch.cat([data, unlabeled])
+        images = self.joint_batch(data, unlabeled)
         outputs = [self.network(images), self.subnet_b(images)]
         features = [tap.features for tap in self.feature_taps] if self.feature_taps else None
         if self.feature_taps:
             for tap in self.feature_taps:
                 tap.clear()
         # L_s (Eq. 1) of both subnets on the labeled patches (nnU-Net's loss, deep supervision when on)
-        if isinstance(outputs[0], (list, tuple)):  # deep supervision: full resolution first
-            supervised = [self.loss([o[:n_labeled] for o in out], target) for out in outputs]
-            full_resolution = [out[0] for out in outputs]
-        else:
-            supervised = [self.loss(out[:n_labeled], target) for out in outputs]
-            full_resolution = outputs
+        supervised, full_resolution = zip(
+            *(self.labeled_loss_and_logits(out, target, n_labeled) for out in outputs)
+        )
         source = select_pseudo_label_source(supervised)
 
         # L_u (Eq. 2-3): the better subnet's filtered pseudo-labels train both subnets
@@ -330,7 +323,7 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
             "loss_reg": loss_reg,
             "loss_contrast": loss_contrast,
             "contrast_weight": weight_c,
-            "unlabeled_weight": weight_u,
+            "unsup_weight": weight_u,
             "threshold": threshold,
             "source_b": float(source),
             "m_diff_fraction": m_diff_fraction,

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from nnunet_semisup.losses.consistency import ProbabilityMSELoss
+from nnunet_semisup.networks import make_teacher
 from nnunet_semisup.schedules import ema_decay_with_warmup, ema_update
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
-
-
-def make_teacher(student: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of ``student`` (an nnU-Net network) for EMA: no gradients, no deep supervision
-    (the teacher only provides full-resolution targets, so the lower-resolution heads are skipped)."""
-    teacher = copy.deepcopy(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    if hasattr(teacher, "decoder") and hasattr(teacher.decoder, "deep_supervision"):
-        teacher.decoder.deep_supervision = False
-    return teacher.eval()
 
 
 class MeanTeacherTrainer(SemiSupervisedTrainer):
@@ -53,27 +41,15 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
 
     def compute_loss(self, data, target, unlabeled):
-        n_labeled = data.shape[0]
-        images = torch.cat([data, unlabeled]) if unlabeled is not None else data
-        output = self.network(images)
-        if isinstance(output, (list, tuple)):  # deep supervision: full resolution first
-            loss_sup = self.loss([o[:n_labeled] for o in output], target)
-            student_logits = output[0]
-        else:
-            loss_sup = self.loss(output[:n_labeled], target)
-            student_logits = output
+        images = self.joint_batch(data, unlabeled)
+        loss_sup, student_logits = self.labeled_loss_and_logits(self.network(images), target, data.shape[0])
         with torch.no_grad():
             noise = torch.randn_like(images) * self.teacher_noise_std
             teacher_logits = self.teacher(
                 images + noise.clamp(-self.teacher_noise_clip, self.teacher_noise_clip)
             )
         loss_cons = self.consistency_loss(student_logits, teacher_logits)
-        weight = self.rampup_weight(self.consistency_weight)
-        return loss_sup + weight * loss_cons, {
-            "loss_sup": loss_sup,
-            "loss_cons": loss_cons,
-            "cons_weight": weight,
-        }
+        return self.with_ramped_term(loss_sup, "cons", loss_cons, self.consistency_weight)
 
     def after_optimizer_step(self) -> None:
         ema_update(

@@ -78,7 +78,7 @@ class SECLTrainer(SemiSupervisedTrainer):
     ``semisup_state`` (``projector``; ``teacher`` with ``encoder.*`` and ``projector.*`` keys).
     """
 
-    contrastive_weight: float = 0.1  # lambda_max of the ramp-up (Xiang et al.)
+    contrast_weight: float = 0.1  # lambda_max of the ramp-up (Xiang et al.)
     ema_decay: float = 0.9  # alpha of Eq. 3, the paper's best (0 = single model, 0.99 too slow)
     temperature: float = 0.1  # tau; not in the issue: Chaitanya et al. 2020's value, see README
     projector_hidden_dim: int = 256  # shallow MLP (paper: "low-dimensional"); see README
@@ -90,7 +90,7 @@ class SECLTrainer(SemiSupervisedTrainer):
     region_grid: tuple[int, ...] = (2, 2, 2)  # RACS partitions per axis (fewer where the patch is small)
     pseudo_label_source: str = "student"  # or "teacher" (the teacher then also keeps an EMA decoder)
     pseudo_labels_at_half_resolution: bool = True  # cube centres need no full-resolution map; see README
-    semisup_log_keys = ("loss_sup", "loss_con", "con_weight", "cubes_anchored")
+    semisup_log_keys = ("loss_sup", "loss_contrast", "contrast_weight", "cubes_anchored")
 
     def initialize(self) -> None:
         if self.sampling not in ("anatomical", "region"):
@@ -224,14 +224,9 @@ class SECLTrainer(SemiSupervisedTrainer):
         )
         with torch.no_grad():
             z_teacher = self.teacher["projector"](self.teacher["encoder"](self.view_augmentation(cubes))[-1])
-        loss_con = self.contrastive_loss(z_student, z_teacher, positive, negative)
-        weight = self.rampup_weight(self.contrastive_weight)
-        return loss_sup + weight * loss_con, {
-            "loss_sup": loss_sup,
-            "loss_con": loss_con,
-            "con_weight": weight,
-            **extra,
-        }
+        loss_contrast = self.contrastive_loss(z_student, z_teacher, positive, negative)
+        objective, terms = self.with_ramped_term(loss_sup, "contrast", loss_contrast, self.contrast_weight)
+        return objective, {**terms, **extra}
 
     def after_optimizer_step(self) -> None:
         if self.uses_unlabeled_data:
@@ -257,7 +252,7 @@ class SECLTrainer_RACS(SECLTrainer):
     images (see README): on unaligned data "same region" is not "same anatomy"."""
 
     sampling = "region"
-    semisup_log_keys = ("loss_sup", "loss_con", "con_weight")
+    semisup_log_keys = ("loss_sup", "loss_contrast", "contrast_weight")
 
 
 class SECLTrainer_alpha0(SECLTrainer):
@@ -276,6 +271,6 @@ class SECLTrainer_NoContrast(SECLTrainer):
     """Ablation: contrastive weight 0, i.e. nnU-Net's supervised loss alone on the same schedule (unlabeled
     images are not loaded; the projector and teacher are built but never trained)."""
 
-    contrastive_weight = 0.0
+    contrast_weight = 0.0
     uses_unlabeled_data = False
     semisup_log_keys = ("loss_sup",)

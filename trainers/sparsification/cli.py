@@ -11,145 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-from nnunet_semisup.cli_args import add_device_arguments, deprecated_alias
+from nnunet_semisup.cli_args import add_device_arguments, deprecated_alias, report_error
 from nnunet_semisup.nnunet_commands import raw_dataset_folder, resolve_dataset
-
-
-def _cmd_select_slices(args: argparse.Namespace) -> int:
-    from nnunet_semisup.trainers.sparsification.selection import (
-        SelectionError,
-        make_extractor,
-        plan_summary,
-        select_slices,
-    )
-
-    folder = raw_dataset_folder(args.d)
-    name = os.path.basename(folder)
-    output = args.o or f"annotation_plan_{name}_{args.strategy}_s{args.budget}.json"
-    summary_file = os.path.splitext(output)[0] + ".txt"
-    for path in (output, summary_file):
-        if os.path.exists(path) and not args.overwrite:
-            print(
-                f"nnunet-semisup select-slices: error: {path} exists (use -o or --overwrite)", file=sys.stderr
-            )
-            return 2
-    try:
-        extractor = make_extractor(args.features) if args.strategy == "ra" else None
-        plan = select_slices(folder, args.budget, args.strategy, extractor, progress=not args.no_progress)
-    except SelectionError as e:
-        print(f"nnunet-semisup select-slices: error: {e}", file=sys.stderr)
-        return 2
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(plan, f, indent=1)
-    summary = plan_summary(plan)
-    with open(summary_file, "w") as f:
-        f.write(summary + "\n")
-    print(summary)
-    print(f"\nPlan: {output}\nSummary: {summary_file}")
-    return 0
-
-
-def _cmd_sparsify(args: argparse.Namespace) -> int:
-    from nnunetv2.paths import nnUNet_raw
-
-    from nnunet_semisup.trainers.sparsification.sparsify import SparsifyError, sparsify_dataset
-
-    source = raw_dataset_folder(args.d)
-    with open(args.plan) as f:
-        plan = json.load(f)
-    name = (
-        args.name
-        or f"{os.path.basename(source).split('_', 1)[-1]}Sparse{plan['strategy'].upper()}{plan['budget']}"
-    )
-    try:
-        out = sparsify_dataset(
-            source,
-            plan,
-            args.raw_dir or nnUNet_raw.require(),
-            args.out_id,
-            name,
-            args.link,
-            not args.no_progress,
-        )
-    except (SparsifyError, OSError) as e:
-        print(f"nnunet-semisup sparsify: error: {e}", file=sys.stderr)
-        return 2
-    with open(os.path.join(out, "dataset.json")) as f:
-        print(f"Wrote {out}: {json.load(f)['description']}")
-    print(f"Next: nnUNetv2_plan_and_preprocess -d {args.out_id} -c 3d_fullres")
-    return 0
-
-
-def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
-    from nnunetv2.paths import nnUNet_raw
-
-    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
-        PseudoLabelError,
-        input_cases,
-        predict_pseudo_label_sets,
-        write_fused_dataset,
-    )
-
-    folder = raw_dataset_folder(args.d)
-    dataset = os.path.basename(folder)
-    with open(os.path.join(folder, "dataset.json")) as f:
-        dataset_json = json.load(f)
-    try:
-        cases = input_cases(folder, dataset_json, ("imagesTr", "imagesUnlabeled"))
-        out = args.o or os.path.join(os.environ.get("nnUNet_results", "."), dataset, "pseudo_labels")
-        predict_pseudo_label_sets(
-            dataset, cases, out, args.c, args.p, args.trainer_2d, args.trainer_3d, args.f, args.device, args.disable_tta,
-            args.np, not args.no_progress,
-        )  # fmt: skip
-        print(f"Pseudo-label sets {', '.join(('3d', 'xy', 'xz', 'yz'))} and their average A(Y^) of {len(cases)} "
-              f"cases: {out}")  # fmt: skip
-        if args.fused_id is not None:
-            name = args.fused_name or f"{dataset.split('_', 1)[-1]}Fused"
-            target = write_fused_dataset(folder, out, nnUNet_raw.require(), args.fused_id, name)
-            print(
-                f"Fused pseudo-label dataset: {target}\nNext: nnUNetv2_plan_and_preprocess -d {args.fused_id}"
-            )
-        if args.meta_id is not None:
-            from nnunetv2.paths import nnUNet_preprocessed
-
-            from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
-                prepare_meta_plans,
-                write_meta_dataset,
-            )
-
-            name = args.meta_name or f"{dataset.split('_', 1)[-1]}Meta"
-            target = write_meta_dataset(folder, out, nnUNet_raw.require(), args.meta_id, name)
-            prepare_meta_plans(dataset, target, args.p, nnUNet_preprocessed.require())
-            print(
-                f"Meta dataset: {target} (plans {args.p} of {dataset}, extended)\nNext: nnUNetv2_preprocess -d "
-                f"{args.meta_id} -plans_name {args.p} -c {args.c}; nnUNetv2_train {args.meta_id} {args.c} FOLD "
-                f"-p {args.p} -tr SelfTrainingMetaTrainer"
-            )
-    except PseudoLabelError as e:
-        print(f"nnunet-semisup pseudo-labels: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _cmd_predict_sparse(args: argparse.Namespace) -> int:
-    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
-        PseudoLabelError,
-        predict_sparse_cascade,
-    )
-
-    try:
-        predict_sparse_cascade(
-            args.i, args.o, resolve_dataset(args.d), resolve_dataset(args.meta_dataset), args.c, args.p, args.f,
-            args.trainer_2d, args.trainer_3d, args.trainer_meta, args.device, args.disable_tta, args.np, not args.no_progress,
-        )  # fmt: skip
-    except PseudoLabelError as e:
-        print(f"nnunet-semisup predict-sparse: error: {e}", file=sys.stderr)
-        return 2
-    print(f"Segmentations: {args.o}")
-    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -245,3 +109,131 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      ("--meta-d", "--meta-dataset")):  # fmt: skip
         deprecated_alias(p, old, new)
     p.set_defaults(func=_cmd_predict_sparse)
+
+
+def _cmd_select_slices(args: argparse.Namespace) -> int:
+    from nnunet_semisup.trainers.sparsification.selection import (
+        SelectionError,
+        make_extractor,
+        plan_summary,
+        select_slices,
+    )
+
+    folder = raw_dataset_folder(args.d)
+    name = os.path.basename(folder)
+    output = args.o or f"annotation_plan_{name}_{args.strategy}_s{args.budget}.json"
+    summary_file = os.path.splitext(output)[0] + ".txt"
+    for path in (output, summary_file):
+        if os.path.exists(path) and not args.overwrite:
+            return report_error("select-slices", FileExistsError(f"{path} exists (use -o or --overwrite)"))
+    try:
+        extractor = make_extractor(args.features) if args.strategy == "ra" else None
+        plan = select_slices(folder, args.budget, args.strategy, extractor, progress=not args.no_progress)
+    except SelectionError as e:
+        return report_error("select-slices", e)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(plan, f, indent=1)
+    summary = plan_summary(plan)
+    with open(summary_file, "w") as f:
+        f.write(summary + "\n")
+    print(summary)
+    print(f"\nPlan: {output}\nSummary: {summary_file}")
+    return 0
+
+
+def _cmd_sparsify(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_semisup.trainers.sparsification.sparsify import SparsifyError, sparsify_dataset
+
+    source = raw_dataset_folder(args.d)
+    with open(args.plan) as f:
+        plan = json.load(f)
+    name = (
+        args.name
+        or f"{os.path.basename(source).split('_', 1)[-1]}Sparse{plan['strategy'].upper()}{plan['budget']}"
+    )
+    try:
+        out = sparsify_dataset(
+            source,
+            plan,
+            args.raw_dir or nnUNet_raw.require(),
+            args.out_id,
+            name,
+            args.link,
+            not args.no_progress,
+        )
+    except (SparsifyError, OSError) as e:
+        return report_error("sparsify", e)
+    with open(os.path.join(out, "dataset.json")) as f:
+        print(f"Wrote {out}: {json.load(f)['description']}")
+    print(f"Next: nnUNetv2_plan_and_preprocess -d {args.out_id} -c 3d_fullres")
+    return 0
+
+
+def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+
+    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
+        PseudoLabelError,
+        input_cases,
+        predict_pseudo_label_sets,
+        write_fused_dataset,
+    )
+
+    folder = raw_dataset_folder(args.d)
+    dataset = os.path.basename(folder)
+    with open(os.path.join(folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    try:
+        cases = input_cases(folder, dataset_json, ("imagesTr", "imagesUnlabeled"))
+        out = args.o or os.path.join(os.environ.get("nnUNet_results", "."), dataset, "pseudo_labels")
+        predict_pseudo_label_sets(
+            dataset, cases, out, args.c, args.p, args.trainer_2d, args.trainer_3d, args.f, args.device, args.disable_tta,
+            args.np, not args.no_progress,
+        )  # fmt: skip
+        print(f"Pseudo-label sets {', '.join(('3d', 'xy', 'xz', 'yz'))} and their average A(Y^) of {len(cases)} "
+              f"cases: {out}")  # fmt: skip
+        if args.fused_id is not None:
+            name = args.fused_name or f"{dataset.split('_', 1)[-1]}Fused"
+            target = write_fused_dataset(folder, out, nnUNet_raw.require(), args.fused_id, name)
+            print(
+                f"Fused pseudo-label dataset: {target}\nNext: nnUNetv2_plan_and_preprocess -d {args.fused_id}"
+            )
+        if args.meta_id is not None:
+            from nnunetv2.paths import nnUNet_preprocessed
+
+            from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
+                prepare_meta_plans,
+                write_meta_dataset,
+            )
+
+            name = args.meta_name or f"{dataset.split('_', 1)[-1]}Meta"
+            target = write_meta_dataset(folder, out, nnUNet_raw.require(), args.meta_id, name)
+            prepare_meta_plans(dataset, target, args.p, nnUNet_preprocessed.require())
+            print(
+                f"Meta dataset: {target} (plans {args.p} of {dataset}, extended)\nNext: nnUNetv2_preprocess -d "
+                f"{args.meta_id} -plans_name {args.p} -c {args.c}; nnUNetv2_train {args.meta_id} {args.c} FOLD "
+                f"-p {args.p} -tr SelfTrainingMetaTrainer"
+            )
+    except PseudoLabelError as e:
+        return report_error("pseudo-labels", e)
+    return 0
+
+
+def _cmd_predict_sparse(args: argparse.Namespace) -> int:
+    from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
+        PseudoLabelError,
+        predict_sparse_cascade,
+    )
+
+    try:
+        predict_sparse_cascade(
+            args.i, args.o, resolve_dataset(args.d), resolve_dataset(args.meta_dataset), args.c, args.p, args.f,
+            args.trainer_2d, args.trainer_3d, args.trainer_meta, args.device, args.disable_tta, args.np, not args.no_progress,
+        )  # fmt: skip
+    except PseudoLabelError as e:
+        return report_error("predict-sparse", e)
+    print(f"Segmentations: {args.o}")
+    return 0

@@ -54,15 +54,8 @@ class SelfTrainingMetaTrainer(SemiSupervisedTrainer):
     stage1_fraction: float = 0.5
     semisup_log_keys = ("stage", "set_3d", "set_xy", "set_xz", "set_yz")
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         # the pseudo-label channels are only available at full resolution
         self.enable_deep_supervision = False
         self.set_generator = torch.Generator().manual_seed(12345)
@@ -100,7 +93,7 @@ class SelfTrainingMetaTrainer(SemiSupervisedTrainer):
 
     @property
     def stage1_iterations(self) -> int:
-        return round(self.stage1_fraction * self.num_epochs * self.num_iterations_per_epoch)
+        return self.iterations_of(self.stage1_fraction)
 
     @property
     def stage(self) -> int:

@@ -16,7 +16,6 @@ Run with ``nnUNetv2_train D 3d_fullres FOLD -tr SparseMultiPlane2DTrainer`` on a
 from __future__ import annotations
 
 import numpy as np
-import torch
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
@@ -46,15 +45,8 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
     # for 2d); the 3D plans read here say False
     batch_dice_2d: bool = True
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         # one output per 2D slice: nnU-Net's deep-supervision scales are 3D
         self.enable_deep_supervision = False
 

@@ -5,10 +5,10 @@ comes from :class:`~nnunet_semisup.trainers.wta.pretrain.WTAPretrainTrainer`, lo
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
+from nnunet_semisup.nnunet_commands import pretrained_weights_argument
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.wta.autoencoder import encoder_conv_parameters, weight_norm_phi
 from nnunet_semisup.trainers.wta.poly_lr import PerGroupPolyLRScheduler
@@ -52,15 +52,8 @@ class WTAFinetuneTrainer(SemiSupervisedTrainer):
     # scale of the transferred encoder weights; None = automatic from weight norms (see class docstring)
     phi: float | None = None
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         self.phi_applied: float | None = None
         self.pretrained_from: str | None = None
         self._fresh_encoder_weights: dict[str, torch.Tensor] = {}
@@ -139,7 +132,7 @@ class WTAFinetuneTrainer(SemiSupervisedTrainer):
                 f"$nnUNet_results/{self.plans_manager.dataset_name}/WTAPretrainTrainer__"
                 f"{self.plans_manager.plans_name}__{self.configuration_name}/fold_{self.fold}/checkpoint_final.pth"
             )
-        self.pretrained_from = _pretrained_weights_argument()
+        self.pretrained_from = pretrained_weights_argument()
         if self.pretrained_from is not None:
             self.check_pretrained_plans(self.pretrained_from)
         weights = {k: v for k, v in current.items() if k.endswith(".weight")}
@@ -206,17 +199,6 @@ class WTAFinetuneTrainer(SemiSupervisedTrainer):
         super().set_semisup_state(state)
         self.phi_applied = state.get("phi")
         self.pretrained_from = state.get("pretrained_from")
-
-
-def _pretrained_weights_argument(argv: list[str] | None = None) -> str | None:
-    """The path given to ``nnUNetv2_train -pretrained_weights`` (nnU-Net does not pass it to the trainer)."""
-    argv = sys.argv if argv is None else argv
-    for i, arg in enumerate(argv):
-        if arg == "-pretrained_weights" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("-pretrained_weights="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 class WTAFinetuneTrainer_FreezeAll(WTAFinetuneTrainer):

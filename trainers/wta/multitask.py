@@ -61,17 +61,10 @@ class WTAMultiTaskTrainer(WTATrainerBase):
     wta_num_levels = 2  # Sital et al., Table 5: WTA on the first two resolution levels was best
     gamma: float | None = None
     gamma_calibration_iterations: int = 25
-    semisup_log_keys = ("loss_seg", "loss_wta", "gamma")
+    semisup_log_keys = ("loss_sup", "loss_wta", "wta_weight")
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         if self.gamma_calibration_iterations < 1:
             raise ValueError(
                 f"gamma_calibration_iterations must be >= 1, got {self.gamma_calibration_iterations}"
@@ -81,14 +74,14 @@ class WTAMultiTaskTrainer(WTATrainerBase):
         self.gamma_wta_sum = 0.0
         self.gamma_count = 0
 
-    def current_gamma(self, loss_seg: float, loss_wta: float) -> float:
+    def current_gamma(self, loss_sup: float, loss_wta: float) -> float:
         """gamma for this iteration; while calibrating, first adds this iteration's (detached) losses to the
         running sums, and fixes gamma after ``gamma_calibration_iterations`` of them."""
         if self.gamma_value is not None:
             return self.gamma_value
-        if not (math.isfinite(loss_seg) and math.isfinite(loss_wta)):  # a skipped step: keep the sums clean
+        if not (math.isfinite(loss_sup) and math.isfinite(loss_wta)):  # a skipped step: keep the sums clean
             return self.gamma_seg_sum / max(self.gamma_wta_sum, 1e-8) if self.gamma_count else 1.0
-        self.gamma_seg_sum += abs(loss_seg)
+        self.gamma_seg_sum += abs(loss_sup)
         self.gamma_wta_sum += loss_wta
         self.gamma_count += 1
         ratio = self.gamma_seg_sum / max(self.gamma_wta_sum, 1e-8)
@@ -107,11 +100,11 @@ class WTAMultiTaskTrainer(WTATrainerBase):
 
     def compute_loss(self, data, target, unlabeled):
         segmentation, loss_wta, per_level = self.wta_step(data, unlabeled)
-        loss_seg = self.loss(segmentation, target)
-        gamma = self.current_gamma(float(loss_seg.detach()), float(loss_wta.detach()))
-        terms = {"loss_seg": loss_seg, "loss_wta": loss_wta, "gamma": gamma}
+        loss_sup = self.loss(segmentation, target)
+        gamma = self.current_gamma(float(loss_sup.detach()), float(loss_wta.detach()))
+        terms = {"loss_sup": loss_sup, "loss_wta": loss_wta, "wta_weight": gamma}
         terms.update(self.level_terms(per_level))
-        return loss_seg + gamma * loss_wta, terms
+        return loss_sup + gamma * loss_wta, terms
 
     def get_semisup_state(self) -> dict:
         state = super().get_semisup_state()

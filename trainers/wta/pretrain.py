@@ -64,15 +64,8 @@ class WTATrainerBase(SemiSupervisedTrainer):
     # encoder levels with a WTA autoencoder; None = every encoder stage
     wta_num_levels: int | None = None
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         self.num_wta_levels = self._resolve_num_levels()
         # one curve per level, next to the subclass's own keys
         self.semisup_log_keys = tuple(self.semisup_log_keys) + tuple(
@@ -187,15 +180,8 @@ class WTAPretrainTrainer(WTATrainerBase):
     # the size; Sital et al., for images that all show the same region)
     patch_centre_sampling: str = "uniform"
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's signature)
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def on_init(self) -> None:
+        super().on_init()
         if self.patch_centre_sampling not in ("uniform", "gaussian"):
             raise ValueError(
                 f"{self.__class__.__name__}.patch_centre_sampling must be 'uniform' or 'gaussian', got "
@@ -232,7 +218,7 @@ class WTAPretrainTrainer(WTATrainerBase):
     def compute_loss(self, data, target, unlabeled):
         if self.dataloader_labeled_images is not None:
             data = next(self.dataloader_labeled_images)["data"].to(self.device, non_blocking=True)
-        images = torch.cat([data, unlabeled]) if unlabeled is not None else data
+        images = self.joint_batch(data, unlabeled)
         loss, per_level = self.wta_step(images)  # through the DDP wrap if any
         return loss, self.level_terms(per_level)
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_same_dense_shape
+
 
 class WTAReconstructionLoss(nn.Module):
     """Huber loss (smooth L1 with delta = 1) between a reconstruction and its target, averaged over all entries.
@@ -29,11 +31,5 @@ class WTAReconstructionLoss(nn.Module):
         self.delta = float(delta)
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if reconstruction.shape != target.shape:
-            raise ValueError(
-                f"reconstruction and target must have the same shape, got {tuple(reconstruction.shape)} and "
-                f"{tuple(target.shape)}"
-            )
-        if reconstruction.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(reconstruction.shape)}")
+        check_same_dense_shape(reconstruction, target, "reconstruction", "target")
         return F.huber_loss(reconstruction.float(), target.detach().float(), delta=self.delta)
