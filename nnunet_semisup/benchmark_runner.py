@@ -157,14 +157,22 @@ def plan_runs(opts: BenchmarkOptions, splits: _Splits) -> list[Run]:
 
 
 def check_trainers(names: tuple[str, ...]) -> None:
-    """BenchmarkError naming every trainer that neither this package nor nnU-Net defines."""
-    import nnunet_semisup.trainers as ours
+    """BenchmarkError naming every trainer that ``nnUNetv2_train -tr`` would not find: searched as nnU-Net searches,
+    in the folder that ``nnUNet_extTrainer`` gives it for this package's trainers (see
+    :mod:`nnunet_semisup._register`) and in nnU-Net's own trainer folder."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    unknown = [n for n in names if n != SELF_TRAIN and not hasattr(ours, n)]
+    from nnunet_semisup._register import TRAINER_SHIM_DIR
+
+    unknown = [n for n in names if n != SELF_TRAIN]
     if unknown:
-        import nnunetv2
-        from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
+        unknown = [
+            n for n in unknown
+            if recursive_find_python_class(TRAINER_SHIM_DIR, n, None, base_folder=TRAINER_SHIM_DIR,
+                                           cleanup_imports_from_base_folder=True) is None
+        ]  # fmt: skip
+    if unknown:
         folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
         unknown = [
             n for n in unknown

@@ -23,32 +23,36 @@ def report_error(command: str, error: Exception) -> int:
     return 2
 
 
-class _DeprecatedFlag(argparse.Action):
-    """Stores into the new flag's destination and prints a deprecation message on stderr."""
+def _with_deprecated_spellings(action: argparse.Action) -> None:
+    """Make ``action`` print a deprecation message when it is given under one of its ``deprecated_spellings``."""
+    base = type(action)
 
-    def __init__(self, option_strings, dest, new_flag: str, flag_takes_no_value: bool, **kwargs) -> None:
-        self.new_flag = new_flag
-        self.flag_takes_no_value = flag_takes_no_value
-        super().__init__(option_strings, dest, nargs=0 if flag_takes_no_value else None, **kwargs)
+    class WithDeprecatedSpellings(base):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            if option_string in self.deprecated_spellings:
+                print(
+                    f"{parser.prog}: {option_string} is deprecated, use {self.option_strings[0]}",
+                    file=sys.stderr,
+                )
+            super().__call__(parser, namespace, values, option_string)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"{parser.prog}: {option_string} is deprecated, use {self.new_flag}", file=sys.stderr)
-        setattr(namespace, self.dest, True if self.flag_takes_no_value else values)
+    action.__class__ = WithDeprecatedSpellings
+    action.deprecated_spellings = set()
 
 
 def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
-    """Accept ``old`` as a hidden, deprecated spelling of the existing flag ``new`` of ``parser``.
+    """Accept ``old`` as a deprecated spelling of the existing flag ``new`` of ``parser``: it sets the same value
+    (and satisfies ``required``), prints a deprecation message on stderr, and is not shown by ``--help``.
 
     Raises:
         KeyError: ``parser`` has no flag ``new``.
     """
     action = parser._option_string_actions[new]
-    takes_no_value = action.nargs == 0
-    kwargs = {} if takes_no_value else {"type": action.type, "choices": action.choices}
-    parser.add_argument(
-        old, dest=action.dest, action=_DeprecatedFlag, new_flag=new, flag_takes_no_value=takes_no_value,
-        help=argparse.SUPPRESS, **kwargs,
-    )  # fmt: skip
+    if not hasattr(action, "deprecated_spellings"):
+        _with_deprecated_spellings(action)
+    action.deprecated_spellings.add(old)
+    # argparse finds an option by this table; leaving ``old`` out of option_strings keeps it out of the help
+    parser._option_string_actions[old] = action
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, default_np: int = 1) -> None:

@@ -177,3 +177,26 @@ def test_old_flag_spellings_still_work_with_a_deprecation_message(capsys, old, n
     assert parsed_old == parsed_new
     renamed = {a for a in old if a.startswith("-")} - set(new)
     assert err.count("is deprecated, use") == len(renamed) > 0
+
+
+def test_exports_are_exactly_the_trainer_classes_of_the_package():
+    """``nnunet_semisup.trainers.__all__`` (read from the method modules' source, without importing them) names
+    every nnU-Net trainer class the package defines, and only those; each resolves to the class itself."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_semisup.trainers as registered
+
+    defined = {}
+    for info in pkgutil.walk_packages(registered.__path__, registered.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
+                defined[name] = obj
+    # the one trainer class that is not a trainer to run: the shared part of WTA pretraining and multi-task
+    assert set(defined) - set(registered.__all__) == {"WTATrainerBase"}
+    assert set(registered.__all__) <= set(defined)
+    assert all(getattr(registered, name) is defined[name] for name in registered.__all__)

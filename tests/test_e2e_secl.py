@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import load_checkpoint_file
 
 pytestmark = pytest.mark.e2e
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _check_secl_state(ckpt, steps):
@@ -30,7 +27,7 @@ def test_secl_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     run = tiny_dataset
     run.train("SECLTrainer", "0", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("SECLTrainer", "0")
-    ckpt = _load(out / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "SECLTrainer"
     _check_secl_state(ckpt, 2)
     for key in ("loss_sup", "loss_contrast", "contrast_weight", "cubes_anchored"):
@@ -46,7 +43,7 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
     run = tiny_dataset
     run.train("SECLTrainer_RACS", "2", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("SECLTrainer_RACS", "2")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
     _check_secl_state(first, 2)
     assert "SECL RACS: region grid" in "".join(p.read_text() for p in out.glob("training_log_*.txt"))
 
@@ -82,7 +79,7 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
 
     # continue through the console script
     run.train("SECLTrainer_RACS", "2", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     _check_secl_state(second, 4)
     assert second["logging"]["loss_contrast"][0] == first["logging"]["loss_contrast"][0]

@@ -1,6 +1,7 @@
 """SECL's teacher and schedule on small modules: the teacher gets no gradient, the EMA update is exact, and
 lambda(t) follows the paper's ramp-up."""
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -95,9 +96,12 @@ def test_ema_update_is_exact_over_encoder_projector_and_shared_decoder(alpha, wi
 
 
 def test_contrast_weight_follows_the_paper_rampup():
-    t_max = SECLTrainer.rampup_length.fget(
-        SimpleNamespace(rampup_fraction=SECLTrainer.rampup_fraction, num_epochs=4, num_iterations_per_epoch=5)
+    clock = SimpleNamespace(
+        rampup_fraction=SECLTrainer.rampup_fraction, num_epochs=4, num_iterations_per_epoch=5
     )
+    clock.total_iterations = SECLTrainer.total_iterations.fget(clock)
+    clock.iterations_of = functools.partial(SECLTrainer.iterations_of, clock)
+    t_max = SECLTrainer.rampup_length.fget(clock)
     assert t_max == 20  # t_max = the whole run by default
 
     def weight(step):

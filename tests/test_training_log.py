@@ -14,6 +14,7 @@ def _log_epoch(logger: SemiSupLocalLogger, epoch: int, values: dict[str, float])
     for key in ("train_losses", "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps"):
         logger.log(key, float(epoch), epoch)
     logger.log("mean_fg_dice", 0.5, epoch)
+    logger.log("ema_fg_dice", 0.5, epoch)
     logger.log("dice_per_class_or_region", [0.5], epoch)
     for key, value in values.items():
         logger.log(key, value, epoch)
