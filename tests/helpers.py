@@ -84,26 +84,33 @@ def differs(a, b) -> bool:
     return False
 
 
-def assert_checkpoint_restores_everything(
-    run, dataset: str, trainer_name: str, path: Path, monkeypatch, results: Path, schedule: str
-) -> None:
-    """A trainer built as ``nnUNetv2_train ... --c`` builds it, loading ``path`` as ``--c`` does: network, optimizer
-    (momentum, per-group lr), epoch and every entry of ``semisup_state`` come back exactly as saved, and the
-    method's extra state (``EXTRA_STATE``) is one a fresh trainer does not have."""
+def build_trainer_as_nnunet_train_does(
+    run, dataset: str, trainer_name: str, monkeypatch, results: Path, schedule: str
+):
+    """The trainer ``nnUNetv2_train DATASET 3d_fullres RESUME_FOLD -tr TRAINER`` builds (on CPU, with the tiny
+    dataset's folders, results under ``results``)."""
     from nnunetv2.run.run_training import get_trainer_from_args
-
-    from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(key, run.env[key])
     monkeypatch.setenv("nnUNet_results", str(results))  # its log goes there, not into the killed run's folder
     monkeypatch.setenv("nnUNet_semisup_schedule", schedule)
-    saved = load_checkpoint_file(path)
-    trainer = get_trainer_from_args(
+    return get_trainer_from_args(
         dataset, "3d_fullres", int(RESUME_FOLD), trainer_name, device=torch.device("cpu")
     )
+
+
+def load_and_assert_everything_restored(trainer, path: Path) -> None:
+    """Load ``path`` into a newly built ``trainer`` as ``--c`` does: network, optimizer (momentum, per-group lr),
+    epoch and every entry of ``semisup_state`` come back exactly as saved, and the method's extra state
+    (``EXTRA_STATE``) is one a fresh trainer does not have."""
+    from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+
     if not isinstance(trainer, SemiSupervisedTrainer):
-        return  # LabeledOnlyTrainer: nnU-Net's own checkpoint, nothing of ours to restore
+        trainer.load_checkpoint(str(path))  # LabeledOnlyTrainer: nnU-Net's own checkpoint, nothing of ours
+        return
+    trainer_name = type(trainer).__name__
+    saved = load_checkpoint_file(path)
     trainer.initialize()
     fresh = copy.deepcopy(trainer.get_semisup_state())  # state_dicts share storage with the modules
     trainer.load_checkpoint(str(path))  # what --c does (nnU-Net's maybe_load_checkpoint)
@@ -115,20 +122,25 @@ def assert_checkpoint_restores_everything(
         assert key in saved["semisup_state"], key
         assert differs(saved["semisup_state"][key], fresh[key]), f"{key}: a fresh trainer has the same value"
     if trainer_name == "WTAFinetuneTrainer":
-        # the frozen encoder stages stay frozen after --c (no gradient, whatever the checkpoint's epoch), and
-        # unfreezing still happens on schedule in the resumed run
+        # the frozen encoder stages stay frozen after --c (no gradient, whatever the checkpoint's epoch)
         frozen, finetuned = trainer.encoder_stage_split()
         assert frozen and finetuned
         assert not any(p.requires_grad for m in frozen for p in m.parameters())
         assert all(p.requires_grad for m in finetuned for p in m.parameters())
-        trainer.unfreeze_epoch = trainer.current_epoch
-        trainer.on_train_epoch_start()
-        assert all(p.requires_grad for m in frozen for p in m.parameters())
     if trainer_name == "WTAMultiTaskTrainer":
         # calibration (25 iterations) continues from the restored sums: one per step so far
         assert trainer.gamma_count == saved["semisup_state"]["global_step"]
     if trainer_name == "SelfTrainingMetaTrainer":
         assert trainer.stage == saved["semisup_state"]["stage"]
+
+
+def assert_finetuning_unfreezes_on_schedule(trainer) -> None:
+    """A resumed WTAFinetuneTrainer still unfreezes its frozen encoder stages at ``unfreeze_epoch`` (this changes
+    the trainer: call it last)."""
+    frozen, _ = trainer.encoder_stage_split()
+    trainer.unfreeze_epoch = trainer.current_epoch
+    trainer.on_train_epoch_start()
+    assert all(p.requires_grad for m in frozen for p in m.parameters())
 
 
 def module_states(trainer) -> dict:

@@ -18,7 +18,9 @@ import torch
 from helpers import (
     DATASETS,
     RESUME_FOLD,
-    assert_checkpoint_restores_everything,
+    assert_finetuning_unfreezes_on_schedule,
+    build_trainer_as_nnunet_train_does,
+    load_and_assert_everything_restored,
     load_checkpoint_file,
 )
 
@@ -176,9 +178,12 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(
     assert epoch in range(1, EPOCHS), epoch
     if trainer != "LabeledOnlyTrainer":
         assert _global_step(checkpoint) == epoch * ITERS
-    assert_checkpoint_restores_everything(
-        run, dataset, trainer, latest, monkeypatch, tmp_path / "results", SCHEDULE
+    resumed = build_trainer_as_nnunet_train_does(
+        run, dataset, trainer, monkeypatch, tmp_path / "results", SCHEDULE
     )
+    load_and_assert_everything_restored(resumed, latest)
+    if trainer == "WTAFinetuneTrainer":
+        assert_finetuning_unfreezes_on_schedule(resumed)
     _finish_with_resume(run, trainer, folder, resumed_from_epoch=epoch, dataset=dataset, extra_env=workers)
     if trainer == "WTAFinetuneTrainer":
         _assert_finetune_kept_the_transfer(folder, pretrained, checkpoint["semisup_state"]["phi"])
