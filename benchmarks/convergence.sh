@@ -23,5 +23,5 @@ for iters in $ITERS; do
     nnunet-semisup benchmark --data "$DATA" --work-dir "$WORK/iters$iters" --labeled "$LABELED" \
         --test "$TEST" --unlabeled "$UNLABELED" --full --seeds "$SEEDS" --trainers "$TRAINERS" \
         --schedule "epochs=$((iters / 100)),iters=100,val_iters=2" --spacing-mm "$SPACING" \
-        --device "$DEVICE" --label-names anterior,posterior -np 2
+        -device "$DEVICE" --label-names anterior,posterior -np 2
 done

@@ -30,13 +30,13 @@ for D in 541 542 543; do
   nnUNetv2_train $D 3d_fullres all -tr LabeledOnlyTrainer -p $P -device cpu > logs/train_$D.log 2>&1
   nnUNetv2_predict -i "$nnUNet_raw/Dataset504_Hippocampus/imagesTs" -o pred/$D -d $D -c 3d_fullres \
     -tr LabeledOnlyTrainer -p $P -f all -device cpu -npp 1 -nps 1 --disable_tta > logs/predict_$D.log 2>&1
-  nnunet-semisup evaluate -ref "$nnUNet_raw/Dataset504_Hippocampus/labelsTs" -pred pred/$D \
+  nnunet-semisup evaluate --ref "$nnUNet_raw/Dataset504_Hippocampus/labelsTs" --pred pred/$D \
     --labels-json "$nnUNet_raw/Dataset504_Hippocampus/dataset.json"
 done
 # with self-training, per sparse dataset (RA 542 -> fused 552, meta 562; EIA 543 -> fused 553, meta 563)
 TS="$nnUNet_raw/Dataset504_Hippocampus/imagesTs"
 evaluate() {
-  nnunet-semisup evaluate -ref "$nnUNet_raw/Dataset504_Hippocampus/labelsTs" -pred "$1" \
+  nnunet-semisup evaluate --ref "$nnUNet_raw/Dataset504_Hippocampus/labelsTs" --pred "$1" \
     --labels-json "$nnUNet_raw/Dataset504_Hippocampus/dataset.json"
 }
 for D in 542 543; do
@@ -61,7 +61,7 @@ for D in 542 543; do
   evaluate pred/$F
   # meta-model and the cascade
   nnUNetv2_train $M 3d_fullres all -tr SelfTrainingMetaTrainer -p $P -device cpu > logs/train_$M.log 2>&1
-  nnunet-semisup predict-sparse -i "$TS" -o pred/$M -d $D --meta-d $M -p $P -f all -device cpu --disable_tta \
+  nnunet-semisup predict-sparse -i "$TS" -o pred/$M -d $D --meta-dataset $M -p $P -f all -device cpu --disable_tta \
     --no-progress > logs/predict_$M.log 2>&1
   evaluate pred/$M
 done

@@ -34,7 +34,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nnunet_semisup import nnunet_commands
 from nnunet_semisup.console import Console
+from nnunet_semisup.nnunet_commands import use_work_folder
 
 __all__ = ["BASELINE", "SELF_TRAIN", "BenchmarkError", "BenchmarkOptions", "plan_splits", "run_benchmark"]
 
@@ -155,14 +157,22 @@ def plan_runs(opts: BenchmarkOptions, splits: _Splits) -> list[Run]:
 
 
 def check_trainers(names: tuple[str, ...]) -> None:
-    """BenchmarkError naming every trainer that neither this package nor nnU-Net defines."""
-    import nnunet_semisup.trainers as ours
+    """BenchmarkError naming every trainer that ``nnUNetv2_train -tr`` would not find: searched as nnU-Net searches,
+    in the folder that ``nnUNet_extTrainer`` gives it for this package's trainers (see
+    :mod:`nnunet_semisup._register`) and in nnU-Net's own trainer folder."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    unknown = [n for n in names if n != SELF_TRAIN and not hasattr(ours, n)]
+    from nnunet_semisup._register import TRAINER_SHIM_DIR
+
+    unknown = [n for n in names if n != SELF_TRAIN]
     if unknown:
-        import nnunetv2
-        from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
+        unknown = [
+            n for n in unknown
+            if recursive_find_python_class(TRAINER_SHIM_DIR, n, None, base_folder=TRAINER_SHIM_DIR,
+                                           cleanup_imports_from_base_folder=True) is None
+        ]  # fmt: skip
+    if unknown:
         folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
         unknown = [
             n for n in unknown
@@ -189,18 +199,9 @@ def run_finished(
 
 class _Bench(Console):
     def __init__(self, opts: BenchmarkOptions, work: Path) -> None:
-        env = dict(os.environ)
-        env.update(
-            nnUNet_raw=str(work / "nnUNet_raw"),
-            nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-            nnUNet_results=str(work / "nnUNet_results"),
-            nnUNet_semisup_schedule=opts.schedule,
-        )
+        env = use_work_folder(work, dict(os.environ), nnUNet_semisup_schedule=opts.schedule)
         env.setdefault("nnUNet_def_n_proc", str(opts.num_processes))
         super().__init__(env, error=BenchmarkError)
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            Path(env[key]).mkdir(parents=True, exist_ok=True)
-            os.environ[key] = env[key]  # for the in-process steps
         self.raw = Path(env["nnUNet_raw"])
         self.preprocessed = Path(env["nnUNet_preprocessed"])
         self.results = Path(env["nnUNet_results"])
@@ -292,8 +293,10 @@ def run_benchmark(opts: BenchmarkOptions) -> dict:
 
     def checkpoint_of(run: Run) -> Path:
         dataset, trainer = model_of(run)
-        return (bench.results / dataset / f"{trainer}__{plans}__{opts.configuration}" / f"fold_{FOLD}"
-                / "checkpoint_final.pth")  # fmt: skip
+        folder = nnunet_commands.fold_folder(
+            str(bench.results), dataset, trainer, plans, opts.configuration, FOLD
+        )
+        return folder / nnunet_commands.FINAL_CHECKPOINT
 
     def run_dir(run: Run) -> Path:
         return work / "runs" / run.trainer / run.key
@@ -380,11 +383,9 @@ def _prepare(bench: _Bench, opts: BenchmarkOptions, manifest: dict, splits: _Spl
             f"{bench.raw / source}, the dataset the plans come from, is missing; use a new --work-dir"
         )
     if not (bench.preprocessed / source / f"{plans}.json").is_file():
-        custom = [] if opts.spacing_mm is None else ["-overwrite_target_spacing", *[f"{opts.spacing_mm:g}"] * 3,
-                                                     "-overwrite_plans_name", plans]  # fmt: skip
         bench.say(f"Planning once on {source} (stock nnUNetv2_plan_and_preprocess, plans {plans})")
-        bench.run(work / "logs" / "plan.log", "nnUNetv2_plan_and_preprocess", "-d", str(int(source[7:10])), "-c",
-                  opts.configuration, "-np", str(opts.num_processes), *custom)  # fmt: skip
+        nnunet_commands.plan_and_preprocess(bench, work / "logs" / "plan.log", int(source[7:10]), opts.configuration,
+                                            opts.num_processes, opts.spacing_mm, plans)  # fmt: skip
     return source
 
 
@@ -392,14 +393,12 @@ def _prepare_dataset(bench: _Bench, opts: BenchmarkOptions, splits: _Splits, key
                      source: str, plans: str, work: Path) -> None:  # fmt: skip
     """The plans of ``source`` moved to dataset ``key`` and preprocessed, and its unlabeled images (idempotent)."""
     from nnunet_semisup.data.unlabeled import preprocess_unlabeled
-    from nnunet_semisup.self_training import SelfTrainingOptions, _prepare_preprocessed
 
-    st_opts = SelfTrainingOptions(dataset=source, configuration=opts.configuration, fold=FOLD, out_id=1,
-                                  plans=plans, num_processes=opts.num_processes)  # fmt: skip
     name = names[key]
     if name != source:
-        _prepare_preprocessed(bench, st_opts, source, int(name[7:10]), name, str(bench.raw),
-                              str(bench.preprocessed), None, work / "prepare" / name)  # fmt: skip
+        nnunet_commands.move_plans_and_preprocess(bench, work / "prepare" / name / "logs", source, int(name[7:10]),
+                                                  name, plans, opts.configuration, opts.num_processes,
+                                                  str(bench.raw), str(bench.preprocessed))  # fmt: skip
     if splits.datasets[key]["unlabeled"]:
         report = preprocess_unlabeled(str(bench.raw / name), str(bench.preprocessed / name), opts.configuration,
                                       plans, num_processes=opts.num_processes, progress=False)  # fmt: skip
@@ -410,7 +409,6 @@ def _prepare_dataset(bench: _Bench, opts: BenchmarkOptions, splits: _Splits, key
 def _do_run(bench: _Bench, opts: BenchmarkOptions, run: Run, dataset: str, model: tuple[str, str],
             manifest: dict, plans: str, out: Path, splits: _Splits) -> None:  # fmt: skip
     from nnunet_semisup.evaluation import evaluate_folders, save_summary
-    from nnunet_semisup.self_training import SelfTrainingOptions, _train
 
     logs = out / "logs"
     start = time.time()
@@ -418,17 +416,15 @@ def _do_run(bench: _Bench, opts: BenchmarkOptions, run: Run, dataset: str, model
         sid = manifest["ids"][f"{SELF_TRAIN}:{run.key}"]
         bench.run(logs / "self_train.log", "nnunet-semisup", "self-train", "-d", dataset, "-c", opts.configuration,
                   "-f", FOLD, "-p", plans, "--out-id", str(sid), "--out-name", f"Bench_{run.key}_SelfTrain",
-                  "--device", opts.device, "-np", str(opts.num_processes), "--disable-tta")  # fmt: skip
+                  "-device", opts.device, "-np", str(opts.num_processes), "--disable_tta")  # fmt: skip
     else:
-        st_opts = SelfTrainingOptions(dataset=dataset, configuration=opts.configuration, fold=FOLD, out_id=1,
-                                      plans=plans, device=opts.device)  # fmt: skip
-        _train(bench, logs / "train.log", dataset, run.trainer, st_opts, str(bench.results), run.trainer)
+        nnunet_commands.train(bench, logs / "train.log", dataset, opts.configuration, FOLD, run.trainer, plans,
+                              opts.device, str(bench.results), run.trainer)  # fmt: skip
     train_seconds = time.time() - start
     model_dataset, model_trainer = model
     predictions = out / "predictions"
-    bench.run(logs / "predict.log", "nnUNetv2_predict", "-i", str(bench.raw / dataset / "imagesTs"),
-              "-o", str(predictions), "-d", model_dataset, "-c", opts.configuration, "-tr", model_trainer,
-              "-p", plans, "-f", FOLD, "-device", opts.device, "-npp", "1", "-nps", "1", "--disable_tta")  # fmt: skip
+    nnunet_commands.predict(bench, logs / "predict.log", bench.raw / dataset / "imagesTs", predictions, model_dataset,
+                            opts.configuration, model_trainer, plans, FOLD, opts.device, disable_tta=True)  # fmt: skip
     dataset_json = json.loads((bench.raw / dataset / "dataset.json").read_text())
     labels = {k: v for k, v in dataset_json["labels"].items() if v != 0 and k != "ignore"}
     summary = evaluate_folders(str(predictions), str(bench.raw / dataset / "labelsTs"), labels=labels)

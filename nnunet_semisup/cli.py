@@ -3,16 +3,18 @@
 nnunet-semisup trainer-dir
 nnunet-semisup preprocess-unlabeled -d D -c CONFIG [-p PLANS] [-np N]
 nnunet-semisup make-benchmark (--images DIR --labels DIR | --source-dataset D) --labeled N --test K ...
-nnunet-semisup evaluate -ref DIR -pred DIR [-o summary.json]
+nnunet-semisup evaluate --ref DIR --pred DIR [-o summary.json]
 nnunet-semisup demo [--work-dir DIR]
+nnunet-semisup benchmark --data DIR --work-dir DIR --labeled 4,16 --trainers A,B [--seeds 0,1] [--full]
+and the verbs of the methods:
 nnunet-semisup self-train -d D -c CONFIG -f FOLD --out-id ID [--confidence T] [--rounds R] ...
 nnunet-semisup predict-dtml -i IN -o OUT -d D -c CONFIG [-tr DTMLTrainer] [-f F ...] [--source dist|average]
 nnunet-semisup predict-dual-subnet -i IN -o OUT -d D -c CONFIG [-tr DualSubnetContrastTrainer] [--source b|average]
-nnunet-semisup select-slices -d D --budget K [--strategy ra|eia] [-o plan.json]
-nnunet-semisup sparsify -d D --plan plan.json --out-id ID
-nnunet-semisup pseudo-labels / predict-sparse (see nnunet_semisup/sparsification_cli.py)
-nnunet-semisup benchmark --data DIR --work-dir DIR --labeled 4,16 --trainers A,B [--seeds 0,1] [--full]
-"""
+nnunet-semisup select-slices / sparsify / pseudo-labels / predict-sparse (annotation sparsification)
+
+This module is the one part of the core that imports ``trainers/``: it builds the top parser and adds each
+method's verbs from that method's ``trainers/<method>/cli.py`` (``add_parsers(sub)``), so a method's command line
+lives with the method. Nothing imports this module back."""
 
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ import argparse
 import json
 import os
 import sys
+
+from nnunet_semisup.cli_args import deprecated_alias, report_error
+from nnunet_semisup.nnunet_commands import resolve_dataset
+from nnunet_semisup.trainers.dtml import cli as dtml_cli
+from nnunet_semisup.trainers.dual_subnet import cli as dual_subnet_cli
+from nnunet_semisup.trainers.self_training import cli as self_training_cli
+from nnunet_semisup.trainers.sparsification import cli as sparsification_cli
+
+# in the order their verbs are listed by --help
+METHOD_CLIS = (self_training_cli, dtml_cli, dual_subnet_cli, sparsification_cli)
 
 
 def _cmd_trainer_dir(args: argparse.Namespace) -> int:
@@ -29,21 +41,12 @@ def _cmd_trainer_dir(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_dataset(dataset: str) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise SystemExit(f"nnunet-semisup: dataset {dataset!r} not found ({e})") from None
-
-
 def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from nnunet_semisup.data.unlabeled import UnlabeledDataError, preprocess_unlabeled
 
-    dataset_name = _resolve_dataset(args.d)
+    dataset_name = resolve_dataset(args.d)
     try:
         report = preprocess_unlabeled(
             os.path.join(nnUNet_raw.require(), dataset_name),
@@ -55,8 +58,7 @@ def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
             log=print,
         )
     except (UnlabeledDataError, FileNotFoundError, RuntimeError) as e:
-        print(f"nnunet-semisup preprocess-unlabeled: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("preprocess-unlabeled", e)
     if not report.case_ids:
         print(
             f"No unlabeled images found in {os.path.join(nnUNet_raw.get(), dataset_name, 'imagesUnlabeled')}."
@@ -83,7 +85,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         source_dataset_dir = (
             args.source_dataset
             if os.path.isdir(args.source_dataset)
-            else os.path.join(nnUNet_raw.require(), _resolve_dataset(args.source_dataset))
+            else os.path.join(nnUNet_raw.require(), resolve_dataset(args.source_dataset))
         )
     label_names = None
     if args.label_names:
@@ -113,8 +115,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         FileExistsError,
         FileNotFoundError,
     ) as e:  # the user's data or arguments: no traceback
-        print(f"nnunet-semisup make-benchmark: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("make-benchmark", e)
     with open(os.path.join(out, "semisup_manifest.json")) as f:
         manifest = json.load(f)
     print(
@@ -141,8 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.pred, args.ref, file_ending=file_ending, labels=labels, num_processes=args.np
         )
     except (ValueError, FileNotFoundError) as e:  # bad input: the message names the case, files and fix
-        print(f"nnunet-semisup evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("evaluate", e)
     print(format_table(summary))
     output = args.o or os.path.join(args.pred, "semisup_summary.json")
     save_summary(summary, output)
@@ -162,37 +162,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         iters=args.iters,
         trainers=args.trainers.split(","),
-        spacing_mm=None if args.spacing <= 0 else args.spacing,
+        spacing_mm=None if args.spacing_mm <= 0 else args.spacing_mm,
     )
-
-
-def _cmd_self_train(args: argparse.Namespace) -> int:
-    from nnunetv2.configuration import default_num_processes
-
-    from nnunet_semisup.self_training import SelfTrainingError, SelfTrainingOptions, run_self_training
-
-    options = SelfTrainingOptions(
-        dataset=args.d,
-        configuration=args.c,
-        fold=args.f,
-        out_id=args.out_id,
-        plans=args.p,
-        out_name=args.out_name,
-        rounds=args.rounds,
-        confidence=args.confidence,
-        teacher_trainer=args.teacher_trainer,
-        student_trainer=args.student_trainer,
-        device=args.device,
-        num_processes=args.np or default_num_processes,
-        disable_tta=args.disable_tta,
-        copy_images=args.copy_images,
-    )
-    try:
-        run_self_training(options)
-    except SelfTrainingError as e:
-        print(f"nnunet-semisup self-train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -230,78 +201,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         run_benchmark(options)
     except BenchmarkError as e:
-        print(f"nnunet-semisup benchmark: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("benchmark", e)
     return 0
-
-
-def _predict_with_extra_network(command: str, predictor_class: type, args: argparse.Namespace) -> int:
-    """``nnUNetv2_predict`` through ``predictor_class`` (an ``nnUNetPredictor`` that reads a method's second
-    network from ``semisup_state``), with the stock command's options."""
-    import torch
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-    model_folder = get_output_folder(_resolve_dataset(args.d), args.tr, args.p, args.c)
-    if not os.path.isdir(model_folder):
-        raise SystemExit(f"nnunet-semisup {command}: no trained model in {model_folder}")
-    folds = [f if f == "all" else int(f) for f in args.f] if args.f else None
-    predictor = predictor_class(
-        tile_step_size=args.step_size,
-        use_mirroring=not args.disable_tta,
-        device=torch.device(args.device),
-        allow_tqdm=False,
-        source=args.source,
-    )
-    try:
-        predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-    except ValueError as e:  # not a model of that method: say so, no traceback
-        print(f"nnunet-semisup {command}: error: {e}", file=sys.stderr)
-        return 2
-    predictor.predict_from_files(
-        args.i,
-        args.o,
-        save_probabilities=args.save_probabilities,
-        overwrite=True,
-        num_processes_preprocessing=args.npp,
-        num_processes_segmentation_export=args.nps,
-    )
-    return 0
-
-
-def _cmd_predict_dtml(args: argparse.Namespace) -> int:
-    from nnunet_semisup.dual_task_prediction import DualTaskPredictor
-
-    return _predict_with_extra_network("predict-dtml", DualTaskPredictor, args)
-
-
-def _cmd_predict_dual_subnet(args: argparse.Namespace) -> int:
-    from nnunet_semisup.dual_subnet_prediction import DualSubnetPredictor
-
-    return _predict_with_extra_network("predict-dual-subnet", DualSubnetPredictor, args)
-
-
-def _add_extra_network_predict_parser(
-    sub, name: str, trainer: str, sources: tuple[str, ...], default_source: str, func, **parser_kwargs
-) -> None:
-    """A ``predict-*`` subcommand with nnUNetv2_predict's arguments plus ``--source`` (the predictors of
-    :mod:`nnunet_semisup.extra_network_prediction`)."""
-    p = sub.add_parser(name, **parser_kwargs)
-    p.add_argument("-i", required=True, help="input folder (nnU-Net naming, as for nnUNetv2_predict)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
-    p.add_argument("-tr", default=trainer, help=f"trainer name (default: {trainer})")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("-f", nargs="+", help="folds (default: all folds found)")
-    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
-    p.add_argument("--source", choices=sources, default=default_source, help=f"default: {default_source}")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
-    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--save_probabilities", action="store_true")
-    p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
-    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
-    p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")
-    p.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_benchmark)
 
     p = sub.add_parser("evaluate", help="per-case and per-class Dice, IoU, HD95 and ASD (mm)")
-    p.add_argument("-ref", required=True, help="folder of reference label maps")
-    p.add_argument("-pred", required=True, help="folder of predicted label maps (same file names)")
+    p.add_argument("--ref", required=True, help="folder of reference label maps")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps (same file names)")
     p.add_argument("-o", help="output JSON (default: PRED/semisup_summary.json)")
     p.add_argument(
         "--labels-json", help="dataset.json whose 'labels' name the classes (default: values found)"
@@ -362,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="file ending of predictions and references (default: the --labels-json dataset's, else .nii.gz)",
     )
     p.add_argument("-np", type=int, default=1, help="worker processes")
+    deprecated_alias(p, "-ref", "--ref")
+    deprecated_alias(p, "-pred", "--pred")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="labeled-only vs mean teacher on a small hippocampus benchmark")
@@ -380,74 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--iters", type=int, default=40)
     p.add_argument(
-        "--spacing",
+        "--spacing-mm",
         type=float,
         default=2.0,
         help="target spacing in mm of the demo's plans, for CPU speed (default 2; 0 = nnU-Net's own plans)",
     )
     p.add_argument("--trainers", default="LabeledOnlyTrainer,MeanTeacherTrainer")
+    deprecated_alias(p, "--spacing", "--spacing-mm")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
-        "self-train",
-        help="pseudo-label self-training: teacher -> pseudo-labels -> new dataset -> student (resumable)",
-        description="Trains a teacher on dataset D's labeled cases (skipped if trained), predicts "
-        "D/imagesUnlabeled, writes a new raw dataset Dataset<out-id>_<name>SelfTrain with the labeled and the "
-        "pseudo-labeled cases, gives it D's plans and D's validation split, and trains a student on it. "
-        "Finished steps are skipped when run again. D is never modified.",
-    )
-    p.add_argument("-d", required=True, help="source dataset name or id (with imagesUnlabeled)")
-    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
-    p.add_argument("-f", required=True, help="fold (0-4 or all); validation cases are D's for this fold")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument(
-        "--out-id", type=int, required=True, help="id of the new dataset (round r uses id + r - 1)"
-    )
-    p.add_argument("--out-name", help="name of the new dataset (default: <source name>SelfTrain)")
-    p.add_argument("--rounds", type=int, default=1, help="rounds; the student of one is the next's teacher")
-    p.add_argument(
-        "--confidence",
-        type=float,
-        default=None,
-        help="voxels whose max softmax probability is below this get the ignore label (default: keep all)",
-    )
-    p.add_argument("--teacher-trainer", default="LabeledOnlyTrainer", help="trainer of the first teacher")
-    p.add_argument("--student-trainer", default="LabeledOnlyTrainer", help="trainer of the students")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
-    p.add_argument(
-        "-np", type=int, default=None, help="processes for predict/preprocess (default: nnU-Net's)"
-    )
-    p.add_argument("--disable-tta", action="store_true", help="no mirroring when predicting pseudo-labels")
-    p.add_argument("--copy-images", action="store_true", help="copy D's images instead of symlinking them")
-    p.set_defaults(func=_cmd_self_train)
-
-    _add_extra_network_predict_parser(
-        sub,
-        "predict-dtml",
-        "DTMLTrainer",
-        ("dist", "average"),
-        "dist",
-        _cmd_predict_dtml,
-        help="predict with a DTML model's distance network M_d (or the M_s/M_d average)",
-        description="nnUNetv2_predict for DTMLTrainer models with M_d's mask (--source dist) or the mean of "
-        "M_s's and M_d's probabilities (--source average); nnUNetv2_predict itself predicts with M_s.",
-    )
-    _add_extra_network_predict_parser(
-        sub,
-        "predict-dual-subnet",
-        "DualSubnetContrastTrainer",
-        ("b", "average"),
-        "average",
-        _cmd_predict_dual_subnet,
-        help="predict with a DualSubnetContrastTrainer model's subnet B (or the mean of both subnets)",
-        description="nnUNetv2_predict for DualSubnetContrastTrainer models with subnet B (--source b) or the mean "
-        "of both subnets' probabilities (--source average); nnUNetv2_predict itself predicts with subnet A.",
-    )
-
-    # annotation sparsification (select-slices, sparsify, pseudo-labels, predict-sparse)
-    from nnunet_semisup.sparsification_cli import add_sparsification_parsers
-
-    add_sparsification_parsers(sub)
+    # the verbs of the methods, each from its own trainers/<method>/cli.py
+    for method_cli in METHOD_CLIS:
+        method_cli.add_parsers(sub)
     from nnunet_semisup.planners.cli import add_parsers as add_planner_parsers  # plan-and-preprocess
 
     add_planner_parsers(sub)
@@ -487,11 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan at this isotropic spacing (e.g. 2 on CPU; 0 = nnU-Net's)",
     )
     p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="default: cuda")
     p.add_argument("-np", type=int, default=1, help="processes for planning/preprocessing (default: 1)")
     p.add_argument("--label-names", help="comma-separated names of labels 1, 2, ... (default: label_<v>)")
     p.add_argument("--first-id", type=int, default=100, help="first dataset id inside the work folder")
     p.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    deprecated_alias(p, "--device", "-device")
     p.set_defaults(func=_cmd_benchmark)
     return parser
 

@@ -13,7 +13,9 @@ import os
 import time
 from pathlib import Path
 
+from nnunet_semisup import nnunet_commands
 from nnunet_semisup.console import Console
+from nnunet_semisup.nnunet_commands import use_work_folder
 
 DATASET_ID = 504
 
@@ -34,11 +36,9 @@ class _Demo(Console):
     def __init__(self, work_dir: Path, schedule: str) -> None:
         import torch
 
-        env = dict(os.environ)
-        env.update(
-            nnUNet_raw=str(work_dir / "nnUNet_raw"),
-            nnUNet_preprocessed=str(work_dir / "nnUNet_preprocessed"),
-            nnUNet_results=str(work_dir / "nnUNet_results"),
+        env = use_work_folder(
+            work_dir,
+            dict(os.environ),
             nnUNet_semisup_schedule=schedule,
             # nnU-Net's default of 8 export workers costs minutes of imports on a small machine
             nnUNet_def_n_proc=str(min(4, os.cpu_count() or 1)),
@@ -46,13 +46,10 @@ class _Demo(Console):
         super().__init__(env, error=SystemExit)
         self.work = work_dir
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            Path(self.env[key]).mkdir(parents=True, exist_ok=True)
-            os.environ[key] = self.env[key]  # for the in-process steps (make-benchmark, evaluate)
 
-    def run(self, log_name: str, *args: str) -> None:
-        """Run a console script; show its progress lines, keep its whole output in logs/."""
-        super().run(self.work / "logs" / f"{log_name}.log", *args)
+    def log(self, name: str) -> Path:
+        """Where a step's whole output goes: ``logs/<name>.log`` of the work folder."""
+        return self.work / "logs" / f"{name}.log"
 
 
 def run_demo(
@@ -78,7 +75,6 @@ def run_demo(
     demo = _Demo(work, f"epochs={epochs},iters={iters},val_iters=2")
     raw = Path(demo.env["nnUNet_raw"])
     plans = "nnUNetPlans" if spacing_mm is None else f"nnUNetPlans_demo{spacing_mm:g}mm"
-    dataset_id = str(DATASET_ID)
 
     source = Path(data_dir) if data_dir else default_data_dir()
     existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
@@ -109,10 +105,9 @@ def run_demo(
     preprocessed = Path(demo.env["nnUNet_preprocessed"]) / dataset_dir.name
     if not (preprocessed / f"{plans}_3d_fullres").is_dir():
         demo.say(f"[2/6] Planning and preprocessing (stock nnU-Net, plans {plans})")
-        custom = [] if spacing_mm is None else ["-overwrite_target_spacing", *[f"{spacing_mm:g}"] * 3,
-                                                "-overwrite_plans_name", plans]  # fmt: skip
-        demo.run("plan", "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2",
-                 *custom)  # fmt: skip
+        nnunet_commands.plan_and_preprocess(
+            demo, demo.log("plan"), DATASET_ID, "3d_fullres", 2, spacing_mm, plans
+        )
     else:
         demo.say(f"[2/6] Plans {plans} and preprocessed data exist")
 
@@ -120,18 +115,18 @@ def run_demo(
     report = preprocess_unlabeled(str(dataset_dir), str(preprocessed), "3d_fullres", plans, num_processes=2)
     demo.say(f"      {len(report.case_ids)} unlabeled cases ready ({len(report.processed)} new)")
 
-    results = Path(demo.env["nnUNet_results"]) / dataset_dir.name
     train_seconds = {}
     for i, trainer in enumerate(trainers):
-        final = results / f"{trainer}__{plans}__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+        final = nnunet_commands.fold_folder(demo.env["nnUNet_results"], dataset_dir.name, trainer, plans,
+                                            "3d_fullres", "all") / nnunet_commands.FINAL_CHECKPOINT  # fmt: skip
         if final.is_file():
             demo.say(f"[4/6] {trainer}: already trained ({final})")
             continue
         schedule = demo.env["nnUNet_semisup_schedule"]
         demo.say(f"[4/6] Training {trainer} ({i + 1}/{len(trainers)}), schedule {schedule}")
         start = time.time()
-        demo.run(f"train_{trainer}", "nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", trainer,
-                 "-p", plans, "-device", demo.device)  # fmt: skip
+        nnunet_commands.train(demo, demo.log(f"train_{trainer}"), dataset_dir.name, "3d_fullres", "all", trainer,
+                              plans, demo.device, demo.env["nnUNet_results"], f"[4/6] {trainer}")  # fmt: skip
         train_seconds[trainer] = round(time.time() - start, 1)
 
     summaries = {}
@@ -142,9 +137,9 @@ def run_demo(
         prediction = work / "predictions" / f"{trainer}__{plans}"
         if not prediction.is_dir() or not expected <= {p.name for p in prediction.glob("*.nii.gz")}:
             demo.say(f"[5/6] Predicting the test cases with {trainer} (stock nnUNetv2_predict)")
-            demo.run(f"predict_{trainer}", "nnUNetv2_predict", "-i", str(dataset_dir / "imagesTs"),
-                     "-o", str(prediction), "-d", dataset_id, "-c", "3d_fullres", "-tr", trainer, "-p", plans,
-                     "-f", "all", "-device", demo.device, "-npp", "1", "-nps", "1", "--disable_tta")  # fmt: skip
+            nnunet_commands.predict(demo, demo.log(f"predict_{trainer}"), dataset_dir / "imagesTs", prediction,
+                                    dataset_dir.name, "3d_fullres", trainer, plans, "all", demo.device,
+                                    disable_tta=True)  # fmt: skip
         summary = evaluate_folders(str(prediction), str(dataset_dir / "labelsTs"), labels=labels)
         save_summary(summary, str(prediction / "semisup_summary.json"))
         summaries[trainer] = summary

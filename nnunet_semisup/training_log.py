@@ -11,6 +11,17 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
+# log keys under their earlier names -> their names in the one scheme (loss_<term>, <term>_weight with term sup,
+# cons, contrast, unsup, wta, ...): the logging of a checkpoint written before the renaming resumes under the new
+# names, so each curve keeps its history and no list stops growing (nnU-Net plots as many epochs as the shortest)
+RENAMED_LOG_KEYS = {
+    "loss_seg": "loss_sup",
+    "loss_con": "loss_contrast",
+    "con_weight": "contrast_weight",
+    "unlabeled_weight": "unsup_weight",
+    "gamma": "wta_weight",
+}
+
 
 class SemiSupLocalLogger(LocalLogger):
     """nnU-Net's ``LocalLogger`` with one list per extra key, saved in the checkpoint's ``logging`` entry.
@@ -26,6 +37,9 @@ class SemiSupLocalLogger(LocalLogger):
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         super().load_checkpoint(checkpoint)
+        for old, new in RENAMED_LOG_KEYS.items():
+            if old in self.my_fantastic_logging and new in self.extra_keys:
+                self.my_fantastic_logging[new] = self.my_fantastic_logging.pop(old)
         # a checkpoint written before a key existed: pad so that every list has one value per epoch
         n_epochs = len(self.my_fantastic_logging.get("train_losses", []))
         for key in self.extra_keys:

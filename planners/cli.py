@@ -11,7 +11,8 @@ extractor is this package's) and ``-preprocessor_name`` (the plans keep nnU-Net'
 from __future__ import annotations
 
 import argparse
-import sys
+
+from nnunet_semisup.cli_args import report_error
 
 PLANNER_HELP = (
     "nnU-Net planner to extend: ExperimentPlanner (default; plans nnUNetSemiSupPlans), nnUNetPlannerResEncM/L/XL "
@@ -27,12 +28,9 @@ def _cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
 
     planner_class = PLANNERS.get(args.pl)
     if planner_class is None:
-        print(
-            f"nnunet-semisup plan-and-preprocess: error: unknown -pl {args.pl!r}; choose one of "
-            f"{', '.join(PLANNERS)}",
-            file=sys.stderr,
+        return report_error(
+            "plan-and-preprocess", ValueError(f"unknown -pl {args.pl!r}; choose one of {', '.join(PLANNERS)}")
         )
-        return 2
     for dataset_id in args.d:
         try:
             report = plan_and_preprocess_dataset(
@@ -51,8 +49,7 @@ def _cmd_plan_and_preprocess(args: argparse.Namespace) -> int:
                 progress=not args.no_pbar,
             )
         except (PlanningInputError, UnlabeledDataError) as e:
-            print(f"nnunet-semisup plan-and-preprocess: error: {e}", file=sys.stderr)
-            return 2
+            return report_error("plan-and-preprocess", e)
         for note in report.notes:
             print(f"Note: {note}")
         print(

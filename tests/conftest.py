@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import RESUME_FOLD
 
 REPO = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -218,8 +220,28 @@ def meta_tiny_dataset(sparse_tiny_dataset) -> ConsoleRunner:
         runner("nnUNetv2_train", str(SPARSE_TINY_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu",
                extra_env=schedule)  # fmt: skip
     runner("nnunet-semisup", "pseudo-labels", "-d", str(SPARSE_TINY_ID), "-f", "0", "-o",
-           str(runner.root / "pseudo"), "--device", "cpu", "--disable-tta", "--fused-id", "521", "--meta-id",
+           str(runner.root / "pseudo"), "-device", "cpu", "--disable_tta", "--fused-id", "521", "--meta-id",
            str(META_TINY_ID), "--no-progress")  # fmt: skip
     runner("nnUNetv2_preprocess", "-d", str(META_TINY_ID), "-plans_name", "nnUNetPlans", "-c", "3d_fullres",
            "-np", "1")  # fmt: skip
     return runner
+
+
+@pytest.fixture(scope="session")
+def wta_pretrained(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
+    """A WTAPretrainTrainer checkpoint (built in this process, initial weights: what matters here is that they
+    are not the fine-tuning's own initialization), and its network weights."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    path = tmp_path_factory.mktemp("wta_pretrained") / "checkpoint_final.pth"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+            mp.setenv(key, tiny_dataset.env[key])
+        mp.setenv("nnUNet_results", str(path.parent / "results"))
+        torch.manual_seed(7)
+        trainer = get_trainer_from_args(
+            "501", "3d_fullres", int(RESUME_FOLD), "WTAPretrainTrainer", device=torch.device("cpu")
+        )
+        trainer.initialize()
+        trainer.save_checkpoint(str(path))
+    return path, torch.load(path, map_location="cpu", weights_only=False)["network_weights"]

@@ -292,7 +292,7 @@ def test_evaluate_with_mismatched_geometry(data, capsys, tmp_path, mismatch):
     else:
         pred = _write(tmp_path / "pred" / "case1.nii.gz", label, spacing=(2.0, 2.0, 2.0))
     data.snapshot()
-    err = _cli_error(capsys, "evaluate", "-ref", str(ref.parent), "-pred", str(pred.parent))
+    err = _cli_error(capsys, "evaluate", "--ref", str(ref.parent), "--pred", str(pred.parent))
     data.assert_untouched()
     assert f"case 'case1': prediction {mismatch}" in err and str(pred) in err and str(ref) in err
     assert "predict the images that belong to these references" in err

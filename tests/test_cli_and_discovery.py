@@ -94,11 +94,11 @@ def find_trainer():
 @pytest.mark.parametrize(
     "name, module",
     [
-        ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher"),
-        ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher"),
+        ("MeanTeacherTrainer", "nnunet_semisup.trainers.mean_teacher.trainer"),
+        ("MeanTeacherTrainer_PredictTeacher", "nnunet_semisup.trainers.mean_teacher.trainer"),
         ("LabeledOnlyTrainer", "nnunet_semisup.trainers.labeled_only"),
-        ("DualSubnetContrastTrainer", "nnunet_semisup.trainers.dual_subnet"),
-        ("DualSubnetContrastTrainer_NoProto", "nnunet_semisup.trainers.dual_subnet"),
+        ("DualSubnetContrastTrainer", "nnunet_semisup.trainers.dual_subnet.trainer"),
+        ("DualSubnetContrastTrainer_NoProto", "nnunet_semisup.trainers.dual_subnet.trainer"),
     ],
 )
 def test_nnunet_trainer_search_finds_our_classes_with_real_module_path(find_trainer, name, module):
@@ -117,3 +117,86 @@ def test_nnunet_trainer_search_finds_our_classes_with_real_module_path(find_trai
 def test_nnunet_trainer_search_still_fails_for_unknown_names(find_trainer):
     with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
         find_trainer("NoSuchSemisupTrainer")
+
+
+# --- one command, the methods' verbs, flag spellings --------------------------------------------------------
+
+
+def test_the_command_and_the_trainer_exports_import_no_torch():
+    """Building the parser reads every method's cli.py, which imports the trainer packages: their classes must
+    load on first use only, or every verb (trainer-dir, evaluate) would pay for importing torch and nnU-Net."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nnunet_semisup.cli import build_parser; build_parser(); "
+        "import nnunet_semisup.trainers as t; assert len(t.__all__) > 30; "
+        "print(sorted(m for m in ('torch', 'nnunetv2.training.nnUNetTrainer.nnUNetTrainer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_method_package_of_the_repository_is_installed():
+    import importlib
+    from pathlib import Path
+
+    repo_trainers = Path(__file__).resolve().parents[1] / "trainers"
+    methods = sorted(p.parent.name for p in repo_trainers.glob("*/__init__.py"))
+    assert "dtml" in methods and "sparsification" in methods
+    for method in methods:
+        importlib.import_module(f"nnunet_semisup.trainers.{method}")
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (["evaluate", "-ref", "R", "-pred", "P"], ["evaluate", "--ref", "R", "--pred", "P"]),
+        (["demo", "--spacing", "3"], ["demo", "--spacing-mm", "3"]),
+        (["self-train", "-d", "1", "-c", "3d_fullres", "-f", "0", "--out-id", "9", "--device", "cpu",
+          "--disable-tta"],
+         ["self-train", "-d", "1", "-c", "3d_fullres", "-f", "0", "--out-id", "9", "-device", "cpu",
+          "--disable_tta"]),
+        (["benchmark", "--data", "D", "--work-dir", "W", "--labeled", "2", "--test", "1", "--device", "cpu"],
+         ["benchmark", "--data", "D", "--work-dir", "W", "--labeled", "2", "--test", "1", "-device", "cpu"]),
+        (["pseudo-labels", "-d", "1", "--tr2d", "A", "--tr3d", "B", "--device", "cpu", "--disable-tta"],
+         ["pseudo-labels", "-d", "1", "--trainer-2d", "A", "--trainer-3d", "B", "-device", "cpu",
+          "--disable_tta"]),
+        (["predict-sparse", "-i", "I", "-o", "O", "-d", "1", "--meta-d", "2", "--tr-meta", "M"],
+         ["predict-sparse", "-i", "I", "-o", "O", "-d", "1", "--meta-dataset", "2", "--trainer-meta", "M"]),
+    ],
+)  # fmt: skip
+def test_old_flag_spellings_still_work_with_a_deprecation_message(capsys, old, new):
+    from nnunet_semisup.cli import build_parser
+
+    parsed_old = vars(build_parser().parse_args(old))
+    err = capsys.readouterr().err
+    parsed_new = vars(build_parser().parse_args(new))
+    assert capsys.readouterr().err == ""
+    parsed_old.pop("func"), parsed_new.pop("func")
+    assert parsed_old == parsed_new
+    renamed = {a for a in old if a.startswith("-")} - set(new)
+    assert err.count("is deprecated, use") == len(renamed) > 0
+
+
+def test_exports_are_exactly_the_trainer_classes_of_the_package():
+    """``nnunet_semisup.trainers.__all__`` (read from the method modules' source, without importing them) names
+    every nnU-Net trainer class the package defines, and only those; each resolves to the class itself."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_semisup.trainers as registered
+
+    defined = {}
+    for info in pkgutil.walk_packages(registered.__path__, registered.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
+                defined[name] = obj
+    # the one trainer class that is not a trainer to run: the shared part of WTA pretraining and multi-task
+    assert set(defined) - set(registered.__all__) == {"WTATrainerBase"}
+    assert set(registered.__all__) <= set(defined)
+    assert all(getattr(registered, name) is defined[name] for name in registered.__all__)

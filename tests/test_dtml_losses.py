@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.distance import signed_distance_map
-from nnunet_semisup.heads import SDMRegressionNetwork
-from nnunet_semisup.losses import DualTaskConsistencyLoss, SDMMaskDiceLoss, SDMRegressionLoss
+from nnunet_semisup.trainers.dtml.dual_task_consistency_loss import DualTaskConsistencyLoss
+from nnunet_semisup.trainers.dtml.sdm_mask_dice_loss import SDMMaskDiceLoss
+from nnunet_semisup.trainers.dtml.sdm_network import SDMRegressionNetwork
+from nnunet_semisup.trainers.dtml.sdm_regression_loss import SDMRegressionLoss
+from nnunet_semisup.trainers.dtml.signed_distance import signed_distance_map
 
 SHAPE = (2, 2, 6, 7, 8)
 

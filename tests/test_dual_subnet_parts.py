@@ -9,19 +9,23 @@ import math
 import pytest
 import torch
 
-from nnunet_semisup.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
-from nnunet_semisup.losses.confident_disagreement import (
+from nnunet_semisup.trainers.dual_subnet.confident_disagreement_loss import (
     ConfidentDisagreementLoss,
     confident_disagreement_mask,
 )
-from nnunet_semisup.losses.prototype_contrast import PrototypeContrastLoss, class_prototypes, sample_voxels
-from nnunet_semisup.pseudo_labels import (
+from nnunet_semisup.trainers.dual_subnet.heads import FeatureTap, ProjectionHeadPair, VoxelProjectionHead
+from nnunet_semisup.trainers.dual_subnet.prototype_contrast_loss import (
+    PrototypeContrastLoss,
+    class_prototypes,
+    sample_voxels,
+)
+from nnunet_semisup.trainers.dual_subnet.pseudo_labels import (
     entropy_reliability_mask,
     filtered_pseudo_labels,
     select_pseudo_label_source,
     voxel_entropy,
 )
-from nnunet_semisup.trainers.dual_subnet import partner_architecture
+from nnunet_semisup.trainers.dual_subnet.trainer import partner_architecture
 
 
 def _probs(*columns):
@@ -336,7 +340,9 @@ def test_feature_tap_keeps_the_last_output_without_changing_the_network():
 
 # ------------------------------------------------------------- the public code's labeled "mistake" term
 def test_confident_foreground_disagreement_is_the_public_codes_xor_for_two_classes():
-    from nnunet_semisup.losses.labeled_disagreement import confident_foreground_disagreement_mask
+    from nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss import (
+        confident_foreground_disagreement_mask,
+    )
 
     # voxel: 0 both confident fg | 1 A confident fg, B confident bg | 2 A fg below T, B bg | 3 both bg |
     #        4 A bg, B confident fg | 5 A fg exactly at T (counts, >=), B fg below T
@@ -350,7 +356,9 @@ def test_confident_foreground_disagreement_is_the_public_codes_xor_for_two_class
 
 
 def test_confident_foreground_disagreement_with_three_classes():
-    from nnunet_semisup.losses.labeled_disagreement import confident_foreground_disagreement_mask
+    from nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss import (
+        confident_foreground_disagreement_mask,
+    )
 
     # voxel: 0 confident class 1 vs confident class 2 | 1 same confident class 2 | 2 class 1 confident vs not
     probs_a = _probs([0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.7, 0.2])
@@ -360,7 +368,7 @@ def test_confident_foreground_disagreement_with_three_classes():
 
 
 def test_labeled_disagreement_loss_value_ignore_label_and_empty_mask():
-    from nnunet_semisup.losses.labeled_disagreement import LabeledDisagreementLoss
+    from nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss import LabeledDisagreementLoss
 
     probs = _probs([0.2, 0.8, 0.0], [0.5, 0.1, 0.4], [0.1, 0.1, 0.8]).requires_grad_(True)
     labels = torch.tensor([[[1, 0, 3]]])  # (B, 1, N); 3 = ignore label
@@ -380,7 +388,7 @@ def test_unlabeled_loss_fits_reliable_pseudo_labels_and_ignores_unreliable_voxel
     """L_u on a hand-made batch whose answer is known: the labelling subnet's probabilities are sharp on most
     voxels and uniform (maximal entropy) on a few; those few are dropped, get exactly zero gradient, and
     gradient descent on L_u alone makes the trained logits reproduce the pseudo-labels on every reliable voxel."""
-    from nnunet_semisup.pseudo_labels import pseudo_label_loss
+    from nnunet_semisup.trainers.dual_subnet.pseudo_labels import pseudo_label_loss
 
     generator = torch.Generator().manual_seed(0)
     classes = torch.randint(0, 3, (2, 4, 4, 4), generator=generator)

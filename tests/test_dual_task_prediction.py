@@ -1,11 +1,11 @@
-"""Tests for nnunet_semisup.dual_task_prediction.DualTaskInferenceNetwork: M_d's (or the averaged) logits that
+"""Tests for nnunet_semisup.trainers.dtml.prediction.DualTaskInferenceNetwork: M_d's (or the averaged) logits that
 nnU-Net's predictor turns into segmentations."""
 
 import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.dual_task_prediction import DualTaskInferenceNetwork, DualTaskPredictor
+from nnunet_semisup.trainers.dtml.prediction import DualTaskInferenceNetwork, DualTaskPredictor
 
 
 class _Fixed(nn.Module):

@@ -39,7 +39,7 @@ def test_benchmark_builds_trains_reports_and_resumes(tmp_path):
     work = tmp_path / "work"
     command = ("nnunet-semisup", "benchmark", "--data", str(tmp_path / "src"), "--work-dir", str(work),
                "--labeled", "2,3", "--test", "2", "--unlabeled", "2", "--trainers", "SECLTrainer",
-               "--schedule", "epochs=1,iters=2,val_iters=1", "--device", "cpu", "--label-names", "a,b")  # fmt: skip
+               "--schedule", "epochs=1,iters=2,val_iters=1", "-device", "cpu", "--label-names", "a,b")  # fmt: skip
     proc = run(*command, timeout=1800)
     assert "[run 4/4] SECLTrainer, 3 labeled, seed 0" in proc.stdout and "ETA" in proc.stdout
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same, load_checkpoint_file
 
 pytestmark = pytest.mark.e2e
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
@@ -18,7 +15,7 @@ def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     run.train("DTMLTrainer", "0", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("DTMLTrainer", "0")
 
-    ckpt = _load(out / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "DTMLTrainer"
     assert ckpt["current_epoch"] == 1
     state = ckpt["semisup_state"]
@@ -36,7 +33,7 @@ def test_dtml_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     # same planned architecture; M_d's unused lower-resolution seg layers (no deep supervision) are frozen
     assert 0 < len(groups[1]["params"]) < len(groups[0]["params"])
     assert all(i in ckpt["optimizer_state"]["state"] for i in groups[1]["params"])
-    for key in ("loss_seg", "loss_dist", "loss_cons", "cons_weight"):
+    for key in ("loss_sup", "loss_dist", "loss_cons", "cons_weight"):
         assert len(ckpt["logging"][key]) == 1
     assert 0 < ckpt["logging"]["loss_dist"][0] <= 1  # soft Dice of M_d's mask
 
@@ -81,7 +78,7 @@ def test_dtml_resume_restores_both_networks_and_optimizer_exactly(tiny_dataset, 
     run = tiny_dataset
     run.train("DTMLTrainer", "2", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("DTMLTrainer", "2")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
 
     trainer = run.build_trainer("DTMLTrainer", 2, monkeypatch, "epochs=2,iters=2,val_iters=1")
     trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
@@ -90,10 +87,7 @@ def test_dtml_resume_restores_both_networks_and_optimizer_exactly(tiny_dataset, 
         ("M_s", trainer.network, first["network_weights"]),
         ("M_d", trainer.dist_network, first["semisup_state"]["dist_network"]),
     ):
-        restored = module.state_dict()
-        assert restored.keys() == saved.keys(), name
-        for key, value in saved.items():
-            assert torch.equal(restored[key], value), (name, key)
+        assert_same(saved, module.state_dict(), name)
     # the restored optimizer steps M_d's parameters with M_d's saved momentum
     optimizer_state = trainer.optimizer.state_dict()
     dist_params = [p for p in trainer.dist_network.parameters() if p.requires_grad]
@@ -116,7 +110,7 @@ def test_dtml_resume_restores_both_networks_and_optimizer_exactly(tiny_dataset, 
         assert sum(p.grad.abs().sum() for p in module.parameters() if p.grad is not None) > 0, name
 
     run.train("DTMLTrainer", "2", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     assert second["semisup_state"]["global_step"] == 4
     assert second["logging"]["loss_cons"][0] == first["logging"]["loss_cons"][0]

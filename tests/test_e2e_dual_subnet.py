@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same, load_checkpoint_file
 
-import nnunet_semisup.trainers.dual_subnet as dual_subnet_module
+import nnunet_semisup.trainers.dual_subnet.trainer as dual_subnet_module
 
 pytestmark = pytest.mark.e2e
 
 SCHEDULE = "epochs=1,iters=2,val_iters=1"
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def test_dual_subnet_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
@@ -24,7 +21,7 @@ def test_dual_subnet_trains_and_predicts_with_stock_console_scripts(tiny_dataset
     assert "subnet B dynamic_network_architectures.architectures.unet.ResidualEncoderUNet" in proc.stdout
     out = run.output_folder("DualSubnetContrastTrainer", "0")
 
-    ckpt = _load(out / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "DualSubnetContrastTrainer"
     state = ckpt["semisup_state"]
     assert state["global_step"] == 2
@@ -73,7 +70,7 @@ def test_dual_subnet_trains_and_predicts_with_stock_console_scripts(tiny_dataset
 
     stripped = out.parent.parent / "DualSubnetContrastTrainer_NoReg__nnUNetPlans__3d_fullres"
     shutil.copytree(out.parent, stripped, dirs_exist_ok=True)
-    checkpoint = _load(stripped / "fold_0" / "checkpoint_final.pth")
+    checkpoint = load_checkpoint_file(stripped / "fold_0" / "checkpoint_final.pth")
     del checkpoint["semisup_state"]
     torch.save(checkpoint, stripped / "fold_0" / "checkpoint_final.pth")
     refused = run(
@@ -91,7 +88,7 @@ def test_dual_subnet_resume_restores_both_subnets_heads_and_optimizer_exactly(ti
     run = tiny_dataset
     run.train("DualSubnetContrastTrainer", "2", SCHEDULE)
     out = run.output_folder("DualSubnetContrastTrainer", "2")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
 
     trainer = run.build_trainer("DualSubnetContrastTrainer", 2, monkeypatch, "epochs=2,iters=2,val_iters=1")
     trainer.load_checkpoint(str(out / "checkpoint_final.pth"))
@@ -101,10 +98,7 @@ def test_dual_subnet_resume_restores_both_subnets_heads_and_optimizer_exactly(ti
         ("B", trainer.subnet_b, first["semisup_state"]["subnet_b"]),
         ("heads", trainer.heads, first["semisup_state"]["heads"]),
     ):
-        restored = module.state_dict()
-        assert restored.keys() == saved.keys(), name
-        for key, value in saved.items():
-            assert torch.equal(restored[key], value), (name, key)
+        assert_same(saved, module.state_dict(), name)
     # the restored optimizer steps subnet B's parameters with B's saved momentum
     assert [id(p) for p in trainer.optimizer.param_groups[1]["params"]] == [
         id(p) for p in trainer.subnet_b.parameters()
@@ -120,7 +114,7 @@ def test_dual_subnet_resume_restores_both_subnets_heads_and_optimizer_exactly(ti
             )
 
     run.train("DualSubnetContrastTrainer", "2", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     assert second["semisup_state"]["global_step"] == 4
     assert second["logging"]["loss_sup_b"][0] == first["logging"]["loss_sup_b"][0]

@@ -8,12 +8,9 @@ import shutil
 
 import pytest
 import torch
+from helpers import load_checkpoint_file
 
 pytestmark = pytest.mark.e2e
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(tiny_dataset):
@@ -33,7 +30,7 @@ def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(t
     )
     assert (unlabeled / "semisup_unlabeled_manifest.json").is_file()
 
-    ckpt = _load(out / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "MeanTeacherTrainer"
     assert ckpt["current_epoch"] == 1
     state = ckpt["semisup_state"]
@@ -63,9 +60,9 @@ def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(t
     run(
         "nnunet-semisup",
         "evaluate",
-        "-ref",
+        "--ref",
         str(run.raw / "Dataset501_Tiny" / "labelsTs"),
-        "-pred",
+        "--pred",
         str(pred),
         "--labels-json",
         str(run.raw / "Dataset501_Tiny" / "dataset.json"),
@@ -80,7 +77,7 @@ def test_mean_teacher_trains_predicts_and_evaluates_with_stock_console_scripts(t
 def test_labeled_only_trainer_is_nnunet_on_the_same_schedule(tiny_dataset):
     run = tiny_dataset
     run.train("LabeledOnlyTrainer", "0", "epochs=1,iters=2,val_iters=1")
-    ckpt = _load(run.output_folder("LabeledOnlyTrainer", "0") / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(run.output_folder("LabeledOnlyTrainer", "0") / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "LabeledOnlyTrainer"
     assert ckpt["current_epoch"] == 1
     assert "semisup_state" not in ckpt
@@ -92,7 +89,7 @@ def test_resume_restores_teacher_and_rampup_clock_exactly(tiny_dataset, monkeypa
     run = tiny_dataset
     run.train("MeanTeacherTrainer", "1", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("MeanTeacherTrainer", "1")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
 
     # a fresh trainer built the way nnUNetv2_train builds it restores the extra state bit for bit
     trainer = run.build_trainer("MeanTeacherTrainer", 1, monkeypatch, "epochs=2,iters=2,val_iters=1")
@@ -107,7 +104,7 @@ def test_resume_restores_teacher_and_rampup_clock_exactly(tiny_dataset, monkeypa
 
     # continue through the console script
     run.train("MeanTeacherTrainer", "1", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     assert second["semisup_state"]["global_step"] == 4
     assert second["logging"]["loss_cons"][0] == first["logging"]["loss_cons"][0]

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import load_checkpoint_file
 
 pytestmark = pytest.mark.e2e
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _check_secl_state(ckpt, steps):
@@ -30,12 +27,12 @@ def test_secl_trains_and_predicts_with_stock_console_scripts(tiny_dataset):
     run = tiny_dataset
     run.train("SECLTrainer", "0", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("SECLTrainer", "0")
-    ckpt = _load(out / "checkpoint_final.pth")
+    ckpt = load_checkpoint_file(out / "checkpoint_final.pth")
     assert ckpt["trainer_name"] == "SECLTrainer"
     _check_secl_state(ckpt, 2)
-    for key in ("loss_sup", "loss_con", "con_weight", "cubes_anchored"):
+    for key in ("loss_sup", "loss_contrast", "contrast_weight", "cubes_anchored"):
         assert len(ckpt["logging"][key]) == 1
-    assert ckpt["logging"]["loss_con"][0] > 0 and 0 <= ckpt["logging"]["cubes_anchored"][0] <= 1
+    assert ckpt["logging"]["loss_contrast"][0] > 0 and 0 <= ckpt["logging"]["cubes_anchored"][0] <= 1
     log_text = "".join(p.read_text() for p in out.glob("training_log_*.txt"))
     assert "SECL AACS: cubes" in log_text
 
@@ -46,7 +43,7 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
     run = tiny_dataset
     run.train("SECLTrainer_RACS", "2", "epochs=1,iters=2,val_iters=1")
     out = run.output_folder("SECLTrainer_RACS", "2")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
     _check_secl_state(first, 2)
     assert "SECL RACS: region grid" in "".join(p.read_text() for p in out.glob("training_log_*.txt"))
 
@@ -75,15 +72,15 @@ def test_secl_racs_resume_restores_teacher_and_projectors_exactly(tiny_dataset, 
         trainer.optimizer.zero_grad(set_to_none=True)
         loss, terms = trainer.compute_loss(data, target, unlabeled)
         loss.backward()
-        assert terms["loss_con"] > 0
+        assert terms["loss_contrast"] > 0
         assert all(p.grad is None for p in trainer.teacher.parameters())
         # the projector only sees the contrastive path: its gradient comes through the student's encoder
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.projector.parameters())
 
     # continue through the console script
     run.train("SECLTrainer_RACS", "2", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2
     _check_secl_state(second, 4)
-    assert second["logging"]["loss_con"][0] == first["logging"]["loss_con"][0]
-    assert len(second["logging"]["loss_con"]) == 2
+    assert second["logging"]["loss_contrast"][0] == first["logging"]["loss_contrast"][0]
+    assert len(second["logging"]["loss_contrast"]) == 2

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 SCHEDULE = {"nnUNet_semisup_schedule": "epochs=1,iters=2,val_iters=1"}
 SELF_TRAIN = ("nnunet-semisup", "self-train", "-d", "501", "-c", "3d_fullres", "-f", "0", "--out-id", "502",
-              "--confidence", "0.5", "--device", "cpu", "-np", "1", "--disable-tta")  # fmt: skip
+              "--confidence", "0.5", "-device", "cpu", "-np", "1", "--disable_tta")  # fmt: skip
 
 
 def test_self_train_builds_the_pseudo_labeled_dataset_trains_a_student_and_resumes(tiny_dataset):
@@ -116,7 +116,7 @@ def test_self_train_refuses_a_dataset_without_unlabeled_images(tiny_dataset, tmp
     for name in ("imagesTr", "labelsTr", "dataset.json"):
         (copy / name).symlink_to(run.raw / "Dataset501_Tiny" / name)
     proc = run("nnunet-semisup", "self-train", "-d", "501", "-c", "3d_fullres", "-f", "0", "--out-id", "510",
-               "--device", "cpu", check=False, extra_env={"nnUNet_raw": str(raw)})  # fmt: skip
+               "-device", "cpu", check=False, extra_env={"nnUNet_raw": str(raw)})  # fmt: skip
     assert proc.returncode == 2
     assert f"{copy / 'imagesUnlabeled'} has no images" in proc.stderr
     assert "$ nnUNetv2_train" not in proc.stdout

@@ -9,21 +9,18 @@ import math
 
 import pytest
 import torch
+from helpers import load_checkpoint_file
 
 pytestmark = pytest.mark.e2e
 
 SCHEDULE = "epochs=1,iters=2,val_iters=1"
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def test_wta_pretrain_then_finetune_then_predict(tiny_dataset):
     run = tiny_dataset
     run.train("WTAPretrainTrainer", "0", SCHEDULE)
     pre_dir = run.output_folder("WTAPretrainTrainer", "0")
-    pre = _load(pre_dir / "checkpoint_final.pth")
+    pre = load_checkpoint_file(pre_dir / "checkpoint_final.pth")
     assert pre["semisup_state"]["global_step"] == 2
     assert "wta_decoders" in pre["semisup_state"]
     # validation reports the reconstruction loss, no Dice, no checkpoint_best
@@ -37,7 +34,7 @@ def test_wta_pretrain_then_finetune_then_predict(tiny_dataset):
     run.train(
         "WTAFinetuneTrainer", "0", SCHEDULE, "-pretrained_weights", str(pre_dir / "checkpoint_final.pth")
     )
-    ft = _load(run.output_folder("WTAFinetuneTrainer", "0") / "checkpoint_final.pth")
+    ft = load_checkpoint_file(run.output_folder("WTAFinetuneTrainer", "0") / "checkpoint_final.pth")
     phi = ft["semisup_state"]["phi"]
     assert ft["semisup_state"]["pretrained_from"].endswith("checkpoint_final.pth")
     assert 0.5 < phi < 2.0
@@ -65,10 +62,10 @@ def test_wta_multitask_predicts_and_resume_restores_decoders(tiny_dataset, monke
     run = tiny_dataset
     run.train("WTAMultiTaskTrainer", "0", SCHEDULE)
     out = run.output_folder("WTAMultiTaskTrainer", "0")
-    first = _load(out / "checkpoint_final.pth")
+    first = load_checkpoint_file(out / "checkpoint_final.pth")
     state = first["semisup_state"]
     assert state["wta_num_levels"] == 2 and state["gamma"]["count"] == 2
-    for key in ("loss_seg", "loss_wta", "gamma", "loss_wta_level0", "loss_wta_level1"):
+    for key in ("loss_sup", "loss_wta", "wta_weight", "loss_wta_level0", "loss_wta_level1"):
         assert len(first["logging"][key]) == 1
     run.predict("WTAMultiTaskTrainer", "pred_wta_multitask")
 
@@ -80,7 +77,7 @@ def test_wta_multitask_predicts_and_resume_restores_decoders(tiny_dataset, monke
     assert trainer.gamma_count == 2 and trainer.gamma_seg_sum == state["gamma"]["seg_sum"]
 
     run.train("WTAMultiTaskTrainer", "0", "epochs=2,iters=2,val_iters=1", "--c")
-    second = _load(out / "checkpoint_final.pth")
+    second = load_checkpoint_file(out / "checkpoint_final.pth")
     assert second["current_epoch"] == 2 and second["semisup_state"]["global_step"] == 4
     assert second["semisup_state"]["gamma"]["count"] == 4  # calibration went on from the restored sums
     assert second["logging"]["loss_wta"][0] == first["logging"]["loss_wta"][0]

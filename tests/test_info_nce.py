@@ -1,4 +1,4 @@
-"""Tests for nnunet_semisup.losses.info_nce: InfoNCE against a naive per-sample loop."""
+"""Tests for nnunet_semisup.trainers.secl.info_nce_loss: InfoNCE against a naive per-sample loop."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_semisup.losses.info_nce import InfoNCELoss, pair_masks
-from nnunet_semisup.sampling import region_masks
+from nnunet_semisup.trainers.secl.cube_sampling import region_masks
+from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss, pair_masks
 
 
 def _cos(a, b):

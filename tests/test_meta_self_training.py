@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_semisup.multiplane_pseudo_labels import (
+from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import (
     SOURCES,
     average_probabilities,
     meta_plans,
@@ -142,7 +142,7 @@ def test_cascade_end_to_end_on_tiny_sparse_data(meta_tiny_dataset):
 
     pred = run.root / "pred_cascade"
     run("nnunet-semisup", "predict-sparse", "-i", str(sparse / "imagesTs"), "-o", str(pred), "-d", "520",
-        "--meta-d", "522", "-f", "0", "--device", "cpu", "--disable-tta", "--no-progress")  # fmt: skip
+        "--meta-dataset", "522", "-f", "0", "-device", "cpu", "--disable_tta", "--no-progress")  # fmt: skip
     test_cases = sorted(p.name for p in (sparse / "labelsTs").iterdir())
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == test_cases
     for name in test_cases:

@@ -1,10 +1,9 @@
-"""Tests for nnunet_semisup.sampling (AACS and RACS) and the view augmentation of SECL."""
+"""Tests for nnunet_semisup.trainers.secl.cube_sampling (AACS and RACS) and the view augmentation of SECL."""
 
 import pytest
 import torch
 
-from nnunet_semisup.augment import ViewAugmentation
-from nnunet_semisup.sampling import (
+from nnunet_semisup.trainers.secl.cube_sampling import (
     anatomical_cube_slots,
     class_centres,
     crop_cubes,
@@ -15,6 +14,7 @@ from nnunet_semisup.sampling import (
     region_grid,
     region_masks,
 )
+from nnunet_semisup.trainers.secl.view_augmentation import ViewAugmentation
 
 
 def _curved_label_map():

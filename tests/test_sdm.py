@@ -1,11 +1,11 @@
-"""Tests for nnunet_semisup.distance: signed distance maps (DTML Eq. 1) and sigmoid(-k z) (Eq. 2)."""
+"""Tests for nnunet_semisup.trainers.dtml.signed_distance: signed distance maps (DTML Eq. 1) and sigmoid(-k z) (Eq. 2)."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from nnunet_semisup.distance import sdm_to_mask, signed_distance_map
+from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask, signed_distance_map
 
 SIZE, CENTRE, RADIUS = 33, 16, 10
 

@@ -1,6 +1,7 @@
 """SECL's teacher and schedule on small modules: the teacher gets no gradient, the EMA update is exact, and
 lambda(t) follows the paper's ramp-up."""
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -8,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.heads import ProjectionHead
-from nnunet_semisup.losses.info_nce import InfoNCELoss
 from nnunet_semisup.schedules import ema_update
-from nnunet_semisup.trainers.secl import (
+from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss
+from nnunet_semisup.trainers.secl.projection_head import ProjectionHead
+from nnunet_semisup.trainers.secl.trainer import (
     SECLTrainer,
     SECLTrainer_alpha0,
     SECLTrainer_alpha099,
@@ -94,15 +95,18 @@ def test_ema_update_is_exact_over_encoder_projector_and_shared_decoder(alpha, wi
         assert all(torch.equal(after[k], current[k]) for k in after)
 
 
-def test_contrastive_weight_follows_the_paper_rampup():
-    t_max = SECLTrainer.rampup_length.fget(
-        SimpleNamespace(rampup_fraction=SECLTrainer.rampup_fraction, num_epochs=4, num_iterations_per_epoch=5)
+def test_contrast_weight_follows_the_paper_rampup():
+    clock = SimpleNamespace(
+        rampup_fraction=SECLTrainer.rampup_fraction, num_epochs=4, num_iterations_per_epoch=5
     )
+    clock.total_iterations = SECLTrainer.total_iterations.fget(clock)
+    clock.iterations_of = functools.partial(SECLTrainer.iterations_of, clock)
+    t_max = SECLTrainer.rampup_length.fget(clock)
     assert t_max == 20  # t_max = the whole run by default
 
     def weight(step):
         return SECLTrainer.rampup_weight(
-            SimpleNamespace(global_step=step, rampup_length=t_max), SECLTrainer.contrastive_weight
+            SimpleNamespace(global_step=step, rampup_length=t_max), SECLTrainer.contrast_weight
         )
 
     assert weight(0) == pytest.approx(0.1 * math.exp(-5))
@@ -115,7 +119,7 @@ def test_variants_change_only_what_their_names_say():
     assert SECLTrainer.sampling == "anatomical" and SECLTrainer.ema_decay == 0.9
     assert SECLTrainer_RACS.sampling == "region" and SECLTrainer_RACS.ema_decay == 0.9
     assert SECLTrainer_alpha0.ema_decay == 0.0 and SECLTrainer_alpha099.ema_decay == 0.99
-    assert SECLTrainer_NoContrast.contrastive_weight == 0.0 and not SECLTrainer_NoContrast.uses_unlabeled_data
+    assert SECLTrainer_NoContrast.contrast_weight == 0.0 and not SECLTrainer_NoContrast.uses_unlabeled_data
     for variant in (SECLTrainer_RACS, SECLTrainer_alpha0, SECLTrainer_alpha099, SECLTrainer_NoContrast):
         assert variant.temperature == SECLTrainer.temperature and variant.cube_size == SECLTrainer.cube_size
 

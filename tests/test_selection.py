@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nnunet_semisup.selection import (
+from nnunet_semisup.trainers.sparsification.selection import (
     PLANE_AXIS,
     SelectionError,
     annotated_mask,

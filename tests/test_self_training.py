@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_semisup.self_training import (
+from nnunet_semisup.trainers.self_training.pipeline import (
     MANIFEST_NAME,
     SelfTrainingError,
     apply_confidence_filter,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semisup.slice_network import SliceWiseNetwork, network_axis, plainconv_unet_2d
-from nnunet_semisup.trainers.sparse_2d import SparseSliceLoader
+from nnunet_semisup.trainers.sparsification.networks import SliceWiseNetwork, network_axis, plainconv_unet_2d
+from nnunet_semisup.trainers.sparsification.sparse_2d import SparseSliceLoader
 
 
 class _ShiftAlongWidth(nn.Module):
@@ -133,7 +133,7 @@ def test_2d_trainer_uses_batch_dice_like_nnunet_2d_configurations():
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
+    from nnunet_semisup.trainers.sparsification.sparse_2d import SparseMultiPlane2DTrainer
 
     trainer = object.__new__(SparseMultiPlane2DTrainer)  # only what nnU-Net's _build_loss reads
     trainer.label_manager = SimpleNamespace(has_regions=False, ignore_label=3)

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_semisup.sparsify import SparsifyError, sparsify_dataset
+from nnunet_semisup.trainers.sparsification.sparsify import SparsifyError, sparsify_dataset
 
 TINY = "Dataset501_Tiny"
 

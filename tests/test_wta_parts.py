@@ -8,9 +8,7 @@ import math
 import pytest
 import torch
 
-from nnunet_semisup.losses.wta_reconstruction import WTAReconstructionLoss
-from nnunet_semisup.poly_lr import PerGroupPolyLRScheduler
-from nnunet_semisup.wta import (
+from nnunet_semisup.trainers.wta.autoencoder import (
     WTAAutoencoderHeads,
     encoder_level_convs,
     encoder_level_features,
@@ -19,6 +17,8 @@ from nnunet_semisup.wta import (
     winner_take_all,
     wta_heads_for_plans,
 )
+from nnunet_semisup.trainers.wta.poly_lr import PerGroupPolyLRScheduler
+from nnunet_semisup.trainers.wta.reconstruction_loss import WTAReconstructionLoss
 
 PLAIN_ARCH = {
     "n_stages": 3,

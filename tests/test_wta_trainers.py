@@ -12,7 +12,7 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from nnunet_semisup.wta import encoder_conv_parameters
+from nnunet_semisup.trainers.wta.autoencoder import encoder_conv_parameters
 
 
 def _image_patches(trainer, n: int = 2) -> torch.Tensor:
@@ -144,17 +144,17 @@ def test_multitask_gamma_balances_the_two_terms(tiny_dataset, monkeypatch, rando
     trainer.next_unlabeled_batch = lambda: unlabeled
     batch = random_batch(trainer)
     outputs = [trainer.train_step(batch) for _ in range(4)]
-    seg = [abs(o["loss_seg"]) for o in outputs[:3]]
+    seg = [abs(o["loss_sup"]) for o in outputs[:3]]
     wta = [o["loss_wta"] for o in outputs[:3]]
     # running ratio of the means while calibrating, then fixed at the ratio over the first 3 iterations
-    assert outputs[0]["gamma"] == pytest.approx(seg[0] / wta[0], rel=1e-5)
-    assert outputs[1]["gamma"] == pytest.approx(sum(seg[:2]) / sum(wta[:2]), rel=1e-5)
+    assert outputs[0]["wta_weight"] == pytest.approx(seg[0] / wta[0], rel=1e-5)
+    assert outputs[1]["wta_weight"] == pytest.approx(sum(seg[:2]) / sum(wta[:2]), rel=1e-5)
     assert trainer.gamma_value == pytest.approx(sum(seg) / sum(wta), rel=1e-5)
-    assert outputs[3]["gamma"] == trainer.gamma_value
+    assert outputs[3]["wta_weight"] == trainer.gamma_value
     # the balanced terms are of the same order of magnitude, and the loss is their weighted sum
-    gamma_wta = outputs[3]["gamma"] * outputs[3]["loss_wta"]
-    assert 0.1 < gamma_wta / abs(outputs[3]["loss_seg"]) < 10
-    assert float(outputs[3]["loss"]) == pytest.approx(outputs[3]["loss_seg"] + gamma_wta, rel=1e-4)
+    gamma_wta = outputs[3]["wta_weight"] * outputs[3]["loss_wta"]
+    assert 0.1 < gamma_wta / abs(outputs[3]["loss_sup"]) < 10
+    assert float(outputs[3]["loss"]) == pytest.approx(outputs[3]["loss_sup"] + gamma_wta, rel=1e-4)
     # WTA on the first two levels; the state for --c carries gamma
     assert trainer.wta_heads.num_levels == 2
     state = trainer.get_semisup_state()

@@ -2,81 +2,28 @@
 
 nnU-Net finds them by class name through ``nnUNet_extTrainer`` (set automatically after ``pip install``;
 ``nnunet-semisup trainer-dir`` prints the folder). Class names are stored in checkpoints and results folder
-names: never rename a released one.
+names: never rename a released one. Each method lives in its own package ``trainers/<method>/`` (trainer
+modules, its own losses, networks, samplers, prediction code and ``cli.py`` verbs); ``base.py`` is what they share.
+
+The classes are imported on first use (see :mod:`nnunet_semisup.lazy_exports`), so that the ``nnunet-semisup``
+command, which reads the methods' ``cli.py`` modules, does not import torch and nnU-Net's trainer for every verb.
+Each method package lists its trainer classes in its own ``__init__.py``; this package exports all of them.
 """
 
-from nnunet_semisup.trainers.base import SemiSupervisedTrainer
-from nnunet_semisup.trainers.dtml import (
-    DTMLTrainer,
-    DTMLTrainer_LabeledOnly,
-    DTMLTrainer_Ldis,
-    DTMLTrainer_LdisLmask,
-)
-from nnunet_semisup.trainers.dual_subnet import (
-    DualSubnetContrastTrainer,
-    DualSubnetContrastTrainer_CodeObjective,
-    DualSubnetContrastTrainer_Drop80,
-    DualSubnetContrastTrainer_GlobalEntropy,
-    DualSubnetContrastTrainer_NoProto,
-    DualSubnetContrastTrainer_NoReg,
-    DualSubnetContrastTrainer_PrintedLambda,
-    DualSubnetContrastTrainer_RampU,
-    DualSubnetContrastTrainer_RisingT,
-    DualSubnetContrastTrainer_TwoSupervised,
-)
-from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
-from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
-from nnunet_semisup.trainers.meta import SelfTrainingMetaTrainer, SelfTrainingMetaTrainer_Stage1Only
-from nnunet_semisup.trainers.secl import (
-    SECLTrainer,
-    SECLTrainer_alpha0,
-    SECLTrainer_alpha099,
-    SECLTrainer_NoContrast,
-    SECLTrainer_RACS,
-)
-from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
-from nnunet_semisup.trainers.wta import WTAPretrainTrainer, WTAPretrainTrainer_CentreGaussian
-from nnunet_semisup.trainers.wta_finetune import (
-    WTAFinetuneTrainer,
-    WTAFinetuneTrainer_FinetuneAll,
-    WTAFinetuneTrainer_FinetuneLast,
-    WTAFinetuneTrainer_FreezeAll,
-)
-from nnunet_semisup.trainers.wta_multitask import WTAMultiTaskTrainer, WTAMultiTaskTrainer_OneLevel
+import importlib
+import pkgutil
 
-__all__ = [
-    "DTMLTrainer",
-    "DTMLTrainer_LabeledOnly",
-    "DTMLTrainer_Ldis",
-    "DTMLTrainer_LdisLmask",
-    "DualSubnetContrastTrainer",
-    "DualSubnetContrastTrainer_CodeObjective",
-    "DualSubnetContrastTrainer_Drop80",
-    "DualSubnetContrastTrainer_GlobalEntropy",
-    "DualSubnetContrastTrainer_NoProto",
-    "DualSubnetContrastTrainer_NoReg",
-    "DualSubnetContrastTrainer_PrintedLambda",
-    "DualSubnetContrastTrainer_RampU",
-    "DualSubnetContrastTrainer_RisingT",
-    "DualSubnetContrastTrainer_TwoSupervised",
-    "LabeledOnlyTrainer",
-    "MeanTeacherTrainer",
-    "MeanTeacherTrainer_PredictTeacher",
-    "SECLTrainer",
-    "SECLTrainer_NoContrast",
-    "SECLTrainer_RACS",
-    "SECLTrainer_alpha0",
-    "SECLTrainer_alpha099",
-    "SelfTrainingMetaTrainer",
-    "SelfTrainingMetaTrainer_Stage1Only",
-    "SemiSupervisedTrainer",
-    "SparseMultiPlane2DTrainer",
-    "WTAFinetuneTrainer",
-    "WTAFinetuneTrainer_FinetuneAll",
-    "WTAFinetuneTrainer_FinetuneLast",
-    "WTAFinetuneTrainer_FreezeAll",
-    "WTAMultiTaskTrainer",
-    "WTAMultiTaskTrainer_OneLevel",
-    "WTAPretrainTrainer",
-    "WTAPretrainTrainer_CentreGaussian",
-]
+from nnunet_semisup.lazy_exports import lazy_exports
+
+
+def _exports() -> dict[str, tuple[str, ...]]:
+    """Module or method package -> the trainer classes it exports: the two modules of this folder, and every
+    ``trainers/<method>/`` package with the names of its ``__all__`` (found, so a new method needs no entry)."""
+    exports = {"base": ("SemiSupervisedTrainer",), "labeled_only": ("LabeledOnlyTrainer",)}
+    for method in pkgutil.iter_modules(__path__):
+        if method.ispkg:
+            exports[method.name] = tuple(importlib.import_module(f"{__name__}.{method.name}").__all__)
+    return exports
+
+
+__all__, __getattr__ = lazy_exports(__name__, _exports())

@@ -7,8 +7,9 @@ A method subclass usually overrides three hooks:
 - ``after_optimizer_step`` for EMA updates, and ``get_semisup_state``/``set_semisup_state`` for whatever must
   survive ``--c``.
 
-Everything else (the unlabeled loader next to nnU-Net's labeled one, the ramp-up clock, AMP and gradient
-clipping, extra curves in the log and progress.png, checkpoint state) lives here once.
+Everything else (the unlabeled loader next to nnU-Net's labeled one, the training clock and its ramp-up, the
+labeled + unlabeled batch and its split under deep supervision, AMP and gradient clipping, extra curves in the log
+and progress.png, checkpoint state) lives here once.
 """
 
 from __future__ import annotations
@@ -141,12 +142,32 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             else None
         )
         self.logger.local_logger = SemiSupLocalLogger(self.semisup_log_keys)
+        self.on_init()
 
-    # ------------------------------------------------------------------ ramp-up clock
+    def on_init(self) -> None:
+        """Called at the end of ``__init__``, with the plans, the schedule and the logger set up: check the
+        method's class attributes and create its own attributes here. (Methods do not override ``__init__``:
+        nnU-Net records its signature, and every trainer must keep nnU-Net's.)"""
+
+    # ------------------------------------------------------------------ training clock
+    @property
+    def total_iterations(self) -> int:
+        """Optimizer steps of the whole run, ``num_epochs * num_iterations_per_epoch`` (after the schedule)."""
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def iterations_of(self, fraction: float) -> int:
+        """The number of iterations that make ``fraction`` of the run (rounded)."""
+        return round(fraction * self.total_iterations)
+
+    @property
+    def training_progress(self) -> float:
+        """``t / T`` in [0, 1]: optimizer steps taken (``global_step``) over :attr:`total_iterations`."""
+        return min(1.0, self.global_step / max(1, self.total_iterations))
+
     @property
     def rampup_length(self) -> int:
         """T of the sigmoid ramp-up, in iterations."""
-        return round(self.rampup_fraction * self.num_epochs * self.num_iterations_per_epoch)
+        return self.iterations_of(self.rampup_fraction)
 
     def rampup_weight(self, max_weight: float) -> float:
         """``max_weight * exp(-5 (1 - t/T)^2)`` at the current iteration ``t = self.global_step``."""
@@ -315,6 +336,56 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             The scalar loss to minimize, and named scalars to log (``semisup_log_keys``).
         """
         return self.loss(self.network(data), target), {}
+
+    def with_ramped_term(
+        self, loss_sup: torch.Tensor, term: str, loss: torch.Tensor, max_weight: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """``loss_sup + w(t) * loss`` with ``w(t)`` = :meth:`rampup_weight` of ``max_weight``, and the terms to log
+        under the package's log-key scheme: ``loss_sup``, ``loss_<term>`` and ``<term>_weight``."""
+        weight = self.rampup_weight(max_weight)
+        return loss_sup + weight * loss, {
+            "loss_sup": loss_sup,
+            f"loss_{term}": loss,
+            f"{term}_weight": weight,
+        }
+
+    # ------------------------------------------------------------------ labeled + unlabeled batches
+    @staticmethod
+    def joint_batch(data: torch.Tensor, unlabeled: torch.Tensor | None) -> torch.Tensor:
+        """The labeled images followed by the unlabeled ones, for one forward pass over both.
+
+        Shapes:
+            data: (B, C, *patch); unlabeled: (B_u, C, *patch) or None. Returns (B + B_u, C, *patch) (``data``
+            itself when ``unlabeled`` is None).
+        """
+        return torch.cat([data, unlabeled]) if unlabeled is not None else data
+
+    def labeled_loss_and_logits(
+        self,
+        output: torch.Tensor | list[torch.Tensor],
+        target: torch.Tensor | list[torch.Tensor],
+        n_labeled: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """nnU-Net's supervised loss (``self.loss``) on the first ``n_labeled`` samples of a network output over a
+        :meth:`joint_batch`, and the full-resolution logits of the whole batch.
+
+        Args:
+            output: (B + B_u, K, *patch) logits, or with deep supervision a list of those per scale, full
+                resolution first (each scale split the same way).
+            target: nnU-Net's targets of the labeled samples (a list per scale with deep supervision).
+            n_labeled: B.
+
+        Returns:
+            The scalar loss and the (B + B_u, K, *patch) full-resolution logits.
+        """
+        if isinstance(output, (list, tuple)):
+            return self.loss([o[:n_labeled] for o in output], target), output[0]
+        return self.loss(output[:n_labeled], target), output
+
+    @staticmethod
+    def full_resolution_target(target: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """The full-resolution target, (B, 1, *patch) (the first scale under deep supervision)."""
+        return target[0] if isinstance(target, (list, tuple)) else target
 
     def gradient_clipping_groups(self) -> list[Iterable[torch.nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped to 12 separately (as nnU-Net does for its

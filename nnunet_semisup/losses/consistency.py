@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_same_dense_shape
+
 
 class ProbabilityMSELoss(nn.Module):
     """Mean squared error between the class probabilities of a student and a (detached) teacher.
@@ -35,13 +37,7 @@ class ProbabilityMSELoss(nn.Module):
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
-                f"and {tuple(teacher_logits.shape)}"
-            )
-        if student_logits.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) logits, got shape {tuple(student_logits.shape)}")
+        check_same_dense_shape(student_logits, teacher_logits, "student logits", "teacher logits")
         # float32 for the squared differences: under AMP half-precision probabilities lose the small
         # differences that this loss is made of.
         student = self._probabilities(student_logits.float())

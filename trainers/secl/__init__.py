@@ -1,0 +1,6 @@
+"""SECL (Xiang et al.): self-ensembling contrastive learning on cubes of unlabeled images."""
+
+from nnunet_semisup.lazy_exports import lazy_exports, trainer_classes
+
+# the trainer classes of these modules, imported on first use
+__all__, __getattr__ = lazy_exports(__name__, trainer_classes(__file__, "trainer"))
