@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 class ProbabilityMSELoss(nn.Module):
     """Mean squared error between the class probabilities of a student and a (detached) teacher.
@@ -32,6 +34,7 @@ class ProbabilityMSELoss(nn.Module):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, 1) if self.activation == "softmax" else torch.sigmoid(logits)
 
+    @full_precision
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:

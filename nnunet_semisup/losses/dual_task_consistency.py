@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from nnunet_semisup.distance import sdm_to_mask
+from nnunet_semisup.precision import full_precision
 
 
 class DualTaskConsistencyLoss(nn.Module):
@@ -32,6 +33,7 @@ class DualTaskConsistencyLoss(nn.Module):
             raise ValueError(f"k must be positive, got {k}")
         self.k = k
 
+    @full_precision  # sigmoid(-k * SDM) with k = 1500 is a near step: float32
     def forward(self, seg_probabilities: torch.Tensor, sdm_prediction: torch.Tensor) -> torch.Tensor:
         if seg_probabilities.shape != sdm_prediction.shape:
             raise ValueError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 class SDMRegressionLoss(nn.Module):
     """Mean squared error between predicted and target (normalized) signed distance maps.
@@ -21,6 +23,7 @@ class SDMRegressionLoss(nn.Module):
         Returns a float32 scalar (0 when no voxel is valid).
     """
 
+    @full_precision  # squared SDM errors are small near the boundary: float32
     def forward(
         self, sdm_prediction: torch.Tensor, sdm_target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:
