@@ -261,3 +261,55 @@ def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
     tmp.write_text(json.dumps(plans, indent=2))
     tmp.replace(target)
     return TINY_NETWORK_PLANS
+
+
+def dataset_of_trainer(trainer_class: type) -> tuple[str, str]:
+    """(session fixture that builds the dataset, dataset name) a trainer class trains on in the tests: the sparse
+    and meta datasets for the annotation-sparsification trainers, Dataset501_Tiny for every other one."""
+    from nnunet_semisup.trainers import SelfTrainingMetaTrainer, SparseMultiPlane2DTrainer
+
+    if issubclass(trainer_class, SparseMultiPlane2DTrainer):
+        return "sparse_tiny_dataset", SPARSE_TINY_NAME
+    if issubclass(trainer_class, SelfTrainingMetaTrainer):
+        return "meta_tiny_dataset", META_TINY_NAME
+    return "tiny_dataset", TINY_DATASET_NAME
+
+
+@pytest.fixture
+def tiny_network_trainer(request, monkeypatch, tmp_path):
+    """``build(name)``: trainer ``name`` of ``nnunet_semisup.trainers`` built in this process as ``nnUNetv2_train``
+    builds it (CPU, fold 0, the tiny-network plans of its dataset, results under tmp_path, loaders in this
+    process, schedule ``epochs=1,iters=2,val_iters=1``), not yet initialized. WTA fine-tuning trainers get
+    ``-pretrained_weights`` from a WTAPretrainTrainer checkpoint of the same plans, as in the documented
+    workflow (``build`` then initializes them and loads the weights)."""
+    import torch
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    import nnunet_semisup.trainers as trainers
+
+    def build(name: str):
+        fixture, dataset_name = dataset_of_trainer(getattr(trainers, name))
+        runner = request.getfixturevalue(fixture)
+        plans = write_tiny_network_plans(runner, dataset_name)
+        for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+            monkeypatch.setenv(key, runner.env[key])
+        monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+        monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+        monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=1,iters=2,val_iters=1")
+        dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
+        trainer = get_trainer_from_args(dataset_id, "3d_fullres", 0, name, plans, device=torch.device("cpu"))
+        if isinstance(trainer, trainers.WTAFinetuneTrainer):
+            pretrained = tmp_path / "wta_pretrained.pth"
+            if not pretrained.is_file():
+                torch.manual_seed(7)  # other weights than the fine-tuning's own initialization
+                pretraining = get_trainer_from_args(
+                    dataset_id, "3d_fullres", 0, "WTAPretrainTrainer", plans, device=torch.device("cpu")
+                )
+                pretraining.initialize()
+                pretraining.save_checkpoint(str(pretrained))
+            trainer.initialize()
+            load_pretrained_weights(trainer.network, str(pretrained), verbose=False)
+        return trainer
+
+    return build
