@@ -313,3 +313,9 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
         return trainer
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_tiny_network(tiny_dataset) -> tuple[ConsoleRunner, str]:
+    """Dataset501_Tiny with its tiny-network plans (:func:`write_tiny_network_plans`): (runner, plans identifier)."""
+    return tiny_dataset, write_tiny_network_plans(tiny_dataset, TINY_DATASET_NAME)

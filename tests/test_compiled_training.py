@@ -25,15 +25,15 @@ from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 pytestmark = pytest.mark.e2e
 
 STEPS = 2
-# one trainer per method family (module under trainers/): the default run
+# one trainer per method family (the packages of the target layout: core, mean_teacher, secl, dtml, dual_subnet,
+# wta, sparsification, self_training): the default run; WTAMultiTaskTrainer runs the most of the wta family
+# beside the compiled network (the whole network and the WTA decoders in one step module)
 REPRESENTATIVES = [
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "SECLTrainer",
     "DTMLTrainer",
     "DualSubnetContrastTrainer",
-    "WTAPretrainTrainer",
-    "WTAFinetuneTrainer",
     "WTAMultiTaskTrainer",
     "SparseMultiPlane2DTrainer",
     "SelfTrainingMetaTrainer",
