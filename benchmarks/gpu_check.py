@@ -151,7 +151,8 @@ def predict(args, env: dict, dataset_name: str, out: Path) -> str:
          str(args.dataset), "-p", args.plans, "-c", args.configuration, "-tr", args.predict_with, "-f",
          str(args.fold), "-chk", "checkpoint_final.pth", "-device", args.device, "--disable_tta", "-npp", "1",
          "-nps", "1"],
-        env, 600,
+        # nnU-Net's predictor compiles when nnUNet_compile is on: on CUDA (the GPU path), not for the CPU dry run
+        dict(env, nnUNet_compile="t" if args.device == "cuda" else "f"), 600,
     )  # fmt: skip
     n_in = len({p.name.rsplit("_", 1)[0] for p in images.glob("*.nii.gz")})
     n_out = len(list(out.glob("*.nii.gz")))
