@@ -139,7 +139,6 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
     - ``semisup_log_keys``: names of the extra scalars ``compute_loss`` returns, logged per epoch.
     - ``max_consecutive_nonfinite_steps``: a step whose loss is NaN/inf is skipped (no backward, no optimizer
       or EMA step) with a warning; this many in a row abort the run before weights are corrupted.
-
     - ``cpu_mixed_precision``: see :class:`MixedPrecisionMixin`.
 
     Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
