@@ -248,7 +248,7 @@ class WTAPretrainTrainer(WTATrainerBase):
     # ------------------------------------------------------------------ validation without Dice
     def validation_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast_context():  # the training step's precision, as nnU-Net validates
             loss, _ = self.wta_loss(data)
         return {"loss": float(loss.detach().cpu())}
 
