@@ -1,10 +1,11 @@
-"""CPU cost of feeding each trainer: milliseconds of one augmentation worker per training iteration to produce the
+"""CPU cost of feeding each trainer: CPU milliseconds of one augmentation worker per training iteration to produce the
 labeled batch and the unlabeled batch(es), next to nnUNetTrainer's, and the number of augmentation workers
 (``nnUNet_n_proc_DA``) needed to keep a GPU busy at a given step time.
 
 Each trainer is built as ``nnUNetv2_train`` builds it; its loaders run in this process (``nnUNet_n_proc_DA=0``,
 one thread, as one of nnU-Net's workers runs them), and every batch a training iteration draws is timed after a
-warm-up draw. Trainers with the same input pipeline (an ablation that only changes a loss weight) are measured
+warm-up draw, in process CPU time (what a worker core spends; a busy shared machine inflates wall-clock time, not
+this). Trainers with the same input pipeline (an ablation that only changes a loss weight) are measured
 once and reported with the figures of the first. For trainers with unlabeled batches the image-only
 augmentation (``unlabeled_image_only_augmentation``, :class:`nnunet_semisup.data.loader.ImageOnlyTransforms`) is
 measured too. Sizes: synthetic volumes (``nnunet_semisup.data.synthetic``) of each ``--shapes`` entry, planned
@@ -75,9 +76,9 @@ def _ms_per_draw(loader, draws: int) -> float:
     next(loader)  # warm-up (file handles, first allocation)
     times = []
     for _ in range(draws):
-        start = time.perf_counter()
+        start = time.process_time()
         next(loader)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1000 * statistics.median(times)
 
 
