@@ -36,6 +36,16 @@ NEEDS_OTHER_DATA = ("SparseMultiPlane2DTrainer", "SelfTrainingMetaTrainer")
 FIRST_ID = 540
 
 
+def dataset_id_of_shape(shape: tuple[int, ...], raw: Path) -> int:
+    """The id of the synthetic dataset of ``shape`` in ``raw`` (made by an earlier run), or the next free one."""
+    name = "Loader" + "x".join(map(str, shape))
+    ids = {int(p.name[7:10]): p.name[11:] for p in raw.glob("Dataset[0-9][0-9][0-9]_*")}
+    for dataset_id, dataset_name in ids.items():
+        if dataset_name == name:
+            return dataset_id
+    return max([FIRST_ID - 1, *ids]) + 1
+
+
 def build_synthetic_dataset(shape: tuple[int, ...], dataset_id: int, work: Path, env: dict) -> None:
     """5 labeled + 3 unlabeled synthetic cases of ``shape``, planned and preprocessed by nnU-Net (once)."""
     from nnunet_semisup.data.synthetic import write_synthetic_cases
@@ -195,10 +205,11 @@ def main(argv: list[str] | None = None) -> None:
             env[key] = os.environ[key] = str(work / sub)
             Path(env[key]).mkdir(parents=True, exist_ok=True)
         runs = []
-        for i, text in enumerate(args.shapes.split(",")):
+        for text in args.shapes.split(","):
             shape = tuple(int(v) for v in text.lower().split("x"))
-            build_synthetic_dataset(shape, FIRST_ID + i, work, env)
-            runs.append((str(FIRST_ID + i), "nnUNetPlans"))
+            dataset_id = dataset_id_of_shape(shape, Path(env["nnUNet_raw"]))
+            build_synthetic_dataset(shape, dataset_id, work, env)
+            runs.append((str(dataset_id), "nnUNetPlans"))
     sizes = [run_size(args, dataset, plans, names) for dataset, plans in runs]
     sys.stdout.write(table(sizes, args.gpu_step_ms) + "\n")
 
