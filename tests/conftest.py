@@ -245,3 +245,99 @@ def wta_pretrained(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
         trainer.initialize()
         trainer.save_checkpoint(str(path))
     return path, torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+
+
+TINY_NETWORK_PLANS = "nnUNetPlansTinyNet"
+
+
+def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
+    """Plans ``nnUNetPlansTinyNet`` for a planned dataset: its ``nnUNetPlans`` with 3d_fullres shrunk to a 16^3
+    patch and a 3-stage U-Net of 4, 8, 16 features (a few milliseconds per step, also under bfloat16 autocast on
+    CPU), under its own data identifier (the preprocessed labeled cases are copied there; unlabeled cases are
+    preprocessed on demand, so the default plans' folders are never rewritten). Returns the plans identifier;
+    idempotent."""
+    import json
+    import shutil
+
+    base = runner.preprocessed / dataset_name
+    target = base / f"{TINY_NETWORK_PLANS}.json"
+    if target.is_file():
+        return TINY_NETWORK_PLANS
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = TINY_NETWORK_PLANS
+    config = plans["configurations"]["3d_fullres"]
+    source_identifier = config["data_identifier"]
+    config["data_identifier"] = f"{TINY_NETWORK_PLANS}_3d_fullres"
+    config["patch_size"] = [16, 16, 16]
+    arch = config["architecture"]["arch_kwargs"]
+    arch.update(
+        n_stages=3,
+        features_per_stage=[4, 8, 16],
+        kernel_sizes=[[3, 3, 3]] * 3,
+        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        n_conv_per_stage=[1, 1, 1],
+        n_conv_per_stage_decoder=[1, 1],
+    )
+    shutil.copytree(base / source_identifier, base / config["data_identifier"], dirs_exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plans, indent=2))
+    tmp.replace(target)
+    return TINY_NETWORK_PLANS
+
+
+def dataset_of_trainer(trainer_class: type) -> tuple[str, str]:
+    """(session fixture that builds the dataset, dataset name) a trainer class trains on in the tests: the sparse
+    and meta datasets for the annotation-sparsification trainers, Dataset501_Tiny for every other one."""
+    from nnunet_semisup.trainers import SelfTrainingMetaTrainer, SparseMultiPlane2DTrainer
+
+    if issubclass(trainer_class, SparseMultiPlane2DTrainer):
+        return "sparse_tiny_dataset", SPARSE_TINY_NAME
+    if issubclass(trainer_class, SelfTrainingMetaTrainer):
+        return "meta_tiny_dataset", META_TINY_NAME
+    return "tiny_dataset", TINY_DATASET_NAME
+
+
+@pytest.fixture
+def tiny_network_trainer(request, monkeypatch, tmp_path):
+    """``build(name)``: trainer ``name`` of ``nnunet_semisup.trainers`` built in this process as ``nnUNetv2_train``
+    builds it (CPU, fold 0, the tiny-network plans of its dataset, results under tmp_path, loaders in this
+    process, schedule ``epochs=1,iters=2,val_iters=1``), not yet initialized. WTA fine-tuning trainers get
+    ``-pretrained_weights`` from a WTAPretrainTrainer checkpoint of the same plans, as in the documented
+    workflow (``build`` then initializes them and loads the weights)."""
+    import torch
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    import nnunet_semisup.trainers as trainers
+
+    def build(name: str):
+        fixture, dataset_name = dataset_of_trainer(getattr(trainers, name))
+        runner = request.getfixturevalue(fixture)
+        plans = write_tiny_network_plans(runner, dataset_name)
+        for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+            monkeypatch.setenv(key, runner.env[key])
+        monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+        monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+        monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=1,iters=2,val_iters=1")
+        dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
+        trainer = get_trainer_from_args(dataset_id, "3d_fullres", 0, name, plans, device=torch.device("cpu"))
+        if isinstance(trainer, trainers.WTAFinetuneTrainer):
+            pretrained = tmp_path / "wta_pretrained.pth"
+            if not pretrained.is_file():
+                torch.manual_seed(7)  # other weights than the fine-tuning's own initialization
+                pretraining = get_trainer_from_args(
+                    dataset_id, "3d_fullres", 0, "WTAPretrainTrainer", plans, device=torch.device("cpu")
+                )
+                pretraining.initialize()
+                pretraining.save_checkpoint(str(pretrained))
+            trainer.initialize()
+            load_pretrained_weights(trainer.network, str(pretrained), verbose=False)
+        return trainer
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_tiny_network(tiny_dataset) -> tuple[ConsoleRunner, str]:
+    """Dataset501_Tiny with its tiny-network plans (:func:`write_tiny_network_plans`): (runner, plans identifier)."""
+    return tiny_dataset, write_tiny_network_plans(tiny_dataset, TINY_DATASET_NAME)

@@ -9,7 +9,8 @@ A method subclass usually overrides three hooks:
 
 Everything else (the unlabeled loader next to nnU-Net's labeled one, the training clock and its ramp-up, the
 labeled + unlabeled batch and its split under deep supervision, AMP and gradient clipping, extra curves in the log
-and progress.png, checkpoint state) lives here once.
+and progress.png, checkpoint state, a clear message on GPU out-of-memory) lives here once.
+:class:`MixedPrecisionMixin` gives nnU-Net's mixed precision a switch that runs it on CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_semisup.data.loader import UnlabeledDataLoader
+from nnunet_semisup.data.loader import ImageOnlyTransforms, UnlabeledDataLoader
 from nnunet_semisup.data.unlabeled import (
     UNLABELED_FOLDER,
     preprocess_unlabeled,
@@ -53,6 +54,38 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
     return network
+
+
+class MixedPrecisionMixin:
+    """nnU-Net's automatic mixed precision (AMP) for the package's trainers, with a switch that runs it on CPU.
+
+    On CUDA nnU-Net runs the forward pass and the loss under ``autocast("cuda")`` (float16) and the backward
+    pass through ``GradScaler("cuda")`` (scale, backward, unscale, clip, step, update); on CPU it trains in
+    float32 without a scaler. With ``cpu_mixed_precision = True`` a CPU run takes the same code path with
+    bfloat16 autocast and ``torch.amp.GradScaler("cpu")``: slow on CPUs without bfloat16 units, and meant for
+    checking the AMP path (dtypes, losses kept in float32, scaler bookkeeping, checkpoints) without a GPU.
+    """
+
+    cpu_mixed_precision: bool = False
+
+    def initialize(self) -> None:
+        super().initialize()
+        if self.cpu_mixed_precision and self.device.type == "cpu":
+            self.grad_scaler = torch.amp.GradScaler("cpu")
+
+    def autocast_context(self):
+        """The autocast context of a training or validation step: float16 on CUDA (as nnU-Net), bfloat16 on
+        CPU with ``cpu_mixed_precision``, none otherwise (nnU-Net: CPU autocast is slow, MPS unsupported)."""
+        if self.device.type == "cuda":
+            return autocast("cuda", enabled=True)
+        if self.device.type == "cpu" and self.cpu_mixed_precision:
+            return autocast("cpu", dtype=torch.bfloat16)
+        return dummy_context()
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's validation step enters autocast on CUDA only; this adds the CPU switch
+        with self.autocast_context():
+            return super().validation_step(batch)
 
 
 def atomic_torch_save(obj: object, filename: str) -> None:
@@ -93,7 +126,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class SemiSupervisedTrainer(nnUNetTrainer):
+class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
     """Base class of the package's semi-supervised trainers (not a method by itself).
 
     Class attributes (override in subclasses; nnU-Net's debug.json records them):
@@ -103,9 +136,11 @@ class SemiSupervisedTrainer(nnUNetTrainer):
     - ``rampup_fraction``: the sigmoid ramp-up ``w(t) = w_max * exp(-5 (1 - t/T)^2)`` reaches ``w_max`` after
       ``T = rampup_fraction * num_epochs * num_iterations_per_epoch`` iterations. 1.0 = over the whole run, as
       in the 3D reference implementations (UA-MT: 40 ramp-up "epochs" of 150 iterations = all 6000).
+    - ``unlabeled_image_only_augmentation``: see :class:`~nnunet_semisup.data.loader.ImageOnlyTransforms`.
     - ``semisup_log_keys``: names of the extra scalars ``compute_loss`` returns, logged per epoch.
     - ``max_consecutive_nonfinite_steps``: a step whose loss is NaN/inf is skipped (no backward, no optimizer
       or EMA step) with a warning; this many in a row abort the run before weights are corrupted.
+    - ``cpu_mixed_precision``: see :class:`MixedPrecisionMixin`.
 
     Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
     """
@@ -117,6 +152,9 @@ class SemiSupervisedTrainer(nnUNetTrainer):
     max_consecutive_nonfinite_steps: int = 20
     # places the unlabeled patches (uniformly at random; a subclass may bias the placement)
     unlabeled_loader_class: type = UnlabeledDataLoader
+    # augment unlabeled patches without resampling their (unused) segmentation: the same images, about half the
+    # CPU time per unlabeled batch (ImageOnlyTransforms); not possible with use_mask_for_norm plans
+    unlabeled_image_only_augmentation: bool = False
 
     def __init__(
         self,
@@ -251,6 +289,8 @@ class SemiSupervisedTrainer(nnUNetTrainer):
             regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
             ignore_label=self.label_manager.ignore_label,
         )
+        if self.unlabeled_image_only_augmentation:
+            transforms = ImageOnlyTransforms(transforms, self.configuration_manager.use_mask_for_norm)
         dataset = nnUNetDatasetBlosc2(
             folder or self.preprocessed_unlabeled_folder,
             list(case_ids if case_ids is not None else self.unlabeled_case_ids),
@@ -400,6 +440,13 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         """Called after every optimizer step, with ``self.global_step`` already counting it (EMA updates)."""
 
     def train_step(self, batch: dict) -> dict:
+        try:
+            return self._train_step(batch)
+        except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is the same class
+            # the original message (sizes, allocator state) is kept; nnU-Net's batch sizes are the usual fix
+            raise torch.OutOfMemoryError(self.out_of_memory_message(error)) from None
+
+    def _train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         if isinstance(target, list):
@@ -409,8 +456,7 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         unlabeled = self.next_unlabeled_batch() if self.uses_unlabeled_data else None
 
         self.optimizer.zero_grad(set_to_none=True)
-        # autocast on CUDA only, as nnU-Net (slow on CPU, unsupported on MPS)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast_context():
             loss, terms = self.compute_loss(data, target, unlabeled)
         terms = {
             k: float(v.detach().float().cpu()) if torch.is_tensor(v) else float(v) for k, v in terms.items()
@@ -431,6 +477,42 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         self.global_step += 1
         self.after_optimizer_step()
         return {"loss": loss.detach().cpu().numpy(), **terms}
+
+    # ------------------------------------------------------------------ out of memory
+    def labeled_batch_setting(self) -> tuple[int, str]:
+        """The labeled batch size of one training step on this rank, and where a user changes it."""
+        plans_file = os.path.join(
+            self.preprocessed_dataset_folder_base, f"{self.plans_manager.plans_name}.json"
+        )
+        return self.batch_size, (
+            f'"batch_size" of configuration "{self.configuration_name}" in {plans_file} (or in a copy of the plans '
+            f"under a new name, given to nnUNetv2_train with -p)"
+        )
+
+    def out_of_memory_message(self, error: BaseException) -> str:
+        """What ran out of memory in a training step, with the batch sizes and how to lower them."""
+        labeled, where = self.labeled_batch_setting()
+        patch = "x".join(str(p) for p in self.configuration_manager.patch_size)
+        if self.uses_unlabeled_data:
+            unlabeled_size = self.unlabeled_batch_size or self.batch_size
+            unlabeled = (
+                f"unlabeled batch {unlabeled_size} "
+                f"({'the labeled batch size' if self.unlabeled_batch_size is None else 'unlabeled_batch_size'})"
+            )
+            unlabeled_fix = (
+                f"; the unlabeled batch with a subclass of {self.__class__.__name__} that sets "
+                f"unlabeled_batch_size (an int; None = the labeled batch size)"
+            )
+        else:
+            unlabeled, unlabeled_fix = "no unlabeled batch", ""
+        ranks = f", per GPU of {dist.get_world_size()}" if self.is_ddp else ""
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"{self.device.type.upper()} out of memory in a training step of {self.__class__.__name__} "
+            f"(labeled batch {labeled}, {unlabeled}{ranks}; patch {patch}, configuration "
+            f"{self.configuration_name}). Lower the labeled batch with {where}{unlabeled_fix}. Training on more "
+            f"GPUs (-num_gpus) splits the labeled batch between them. Original error: {first_line}"
+        )
 
     # ------------------------------------------------------------------ numeric guard
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:

@@ -8,14 +8,15 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_semisup.schedules import apply_schedule
-from nnunet_semisup.trainers.base import remove_stale_checkpoint_temporaries
+from nnunet_semisup.trainers.base import MixedPrecisionMixin, remove_stale_checkpoint_temporaries
 
 
-class LabeledOnlyTrainer(nnUNetTrainer):
+class LabeledOnlyTrainer(MixedPrecisionMixin, nnUNetTrainer):
     """nnU-Net's ``nnUNetTrainer`` unchanged, except that it honours ``nnUNet_semisup_schedule``, so the
     baseline runs on exactly the schedule (epochs, iterations) of the semi-supervised trainers it is
     compared with, and that its checkpoints are written atomically (temporary file + rename, so a job killed
-    while saving keeps its previous checkpoint). Unlabeled images are ignored."""
+    while saving keeps its previous checkpoint). Unlabeled images are ignored. ``cpu_mixed_precision`` (see
+    :class:`~nnunet_semisup.trainers.base.MixedPrecisionMixin`) runs nnU-Net's AMP step on CPU."""
 
     def __init__(
         self,
@@ -32,6 +33,12 @@ class LabeledOnlyTrainer(nnUNetTrainer):
         if self.local_rank == 0:
             remove_stale_checkpoint_temporaries(self.output_folder, self.print_to_log_file)
         super().on_train_start()
+
+    def train_step(self, batch: dict) -> dict:
+        # nnU-Net's step, which enters autocast on CUDA only; on CPU with cpu_mixed_precision inside bfloat16
+        # autocast (nnU-Net's own step then runs its GradScaler branch, as on CUDA)
+        with self.autocast_context():
+            return super().train_step(batch)
 
     def save_checkpoint(self, filename: str) -> None:
         tmp = f"{filename}.tmp{os.getpid()}"

@@ -11,7 +11,8 @@ class UnlabeledDataLoader(nnUNetDataLoader):
 
     Unlabeled cases have no class locations, so foreground oversampling and ignore-label-aware sampling
     are switched off; everything else (patch size, padding, transforms, batch layout) is nnU-Net's.
-    Batches are ``{'data': (B, C, *patch), 'target': (B, 1, *patch) nonzero mask, 'keys': case ids}``.
+    Batches are ``{'data': (B, C, *patch), 'target': (B, 1, *patch) nonzero mask, 'keys': case ids}``
+    (``'target'`` is (B, 0), empty, with :class:`ImageOnlyTransforms`).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -19,6 +20,36 @@ class UnlabeledDataLoader(nnUNetDataLoader):
         kwargs["probabilistic_oversampling"] = False
         super().__init__(*args, **kwargs)
         self.has_ignore = False
+
+
+class ImageOnlyTransforms:
+    """nnU-Net's training transforms applied to the image of a sample alone, for patches whose segmentation is
+    never used (unlabeled images): the segmentation is returned empty instead of being resampled along.
+
+    The image comes out exactly as with the segmentation: nnU-Net's transforms draw their random parameters
+    independently of it, and the only transform that reads it to change the image (``MaskImageTransform``, on
+    when the plans normalize with a nonzero mask, ``use_mask_for_norm``) is rejected here. Resampling the
+    segmentation costs more than the image itself in nnU-Net's spatial transform (one interpolation per
+    label), so this roughly halves the cost of an unlabeled batch (``benchmarks/loader_throughput.py``).
+
+    Args:
+        transforms: nnU-Net's ``get_training_transforms(...)`` without deep-supervision targets.
+        use_mask_for_norm: the configuration's ``use_mask_for_norm``.
+
+    Raises:
+        ValueError: when ``use_mask_for_norm`` is on for a channel.
+    """
+
+    def __init__(self, transforms, use_mask_for_norm) -> None:
+        if any(use_mask_for_norm or ()):
+            raise ValueError(
+                "image-only augmentation needs the segmentation when the plans normalize with a nonzero mask "
+                f"(use_mask_for_norm = {list(use_mask_for_norm)}): nnU-Net's MaskImageTransform reads it"
+            )
+        self.transforms = transforms
+
+    def __call__(self, image, segmentation):
+        return {"image": self.transforms(image=image)["image"], "segmentation": segmentation.new_empty((0,))}
 
 
 def gaussian_centre_bbox(

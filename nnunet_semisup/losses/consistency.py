@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from nnunet_semisup.losses.shape_checks import check_same_dense_shape
+from nnunet_semisup.precision import full_precision
 
 
 class ProbabilityMSELoss(nn.Module):
@@ -34,6 +35,7 @@ class ProbabilityMSELoss(nn.Module):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, 1) if self.activation == "softmax" else torch.sigmoid(logits)
 
+    @full_precision
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -7,6 +7,7 @@ from torch import nn
 
 from nnunet_semisup.losses.shape_checks import check_same_dense_shape
 from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
+from nnunet_semisup.precision import full_precision
 
 
 class DualTaskConsistencyLoss(nn.Module):
@@ -33,6 +34,7 @@ class DualTaskConsistencyLoss(nn.Module):
             raise ValueError(f"k must be positive, got {k}")
         self.k = k
 
+    @full_precision  # sigmoid(-k * SDM) with k = 1500 is a near step: float32
     def forward(self, seg_probabilities: torch.Tensor, sdm_prediction: torch.Tensor) -> torch.Tensor:
         check_same_dense_shape(
             seg_probabilities, sdm_prediction, "segmentation probabilities", "SDM prediction"

@@ -7,6 +7,7 @@ from torch import nn
 
 from nnunet_semisup.losses.shape_checks import check_same_dense_shape
 from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
+from nnunet_semisup.precision import full_precision
 
 
 class SDMMaskDiceLoss(nn.Module):
@@ -40,6 +41,7 @@ class SDMMaskDiceLoss(nn.Module):
         self.batch_dice = batch_dice
         self.smooth = smooth
 
+    @full_precision  # sigmoid(-k * SDM) with k = 1500 is a near step: float32
     def forward(
         self, sdm_prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -19,8 +19,8 @@ class SDMRegressionNetwork(nn.Module):
             enable_deep_supervision=False)``.
 
     Shapes:
-        x: (B, C_in, *spatial). Returns (B, C_out, *spatial) in [-1, 1], one SDM channel per foreground
-        class or region.
+        x: (B, C_in, *spatial). Returns (B, C_out, *spatial) float32 in [-1, 1], one SDM channel per
+        foreground class or region.
     """
 
     def __init__(self, backbone: nn.Module) -> None:
@@ -34,7 +34,8 @@ class SDMRegressionNetwork(nn.Module):
                 "the SDM backbone returned several outputs: build it with deep supervision off "
                 "(enable_deep_supervision=False)"
             )
-        return torch.tanh(out)
+        # float32 from here on: DTML compares sigmoid(-1500 * SDM) maps, a near step that half precision blurs
+        return torch.tanh(out.float())
 
 
 def num_sdm_channels(label_manager) -> int:

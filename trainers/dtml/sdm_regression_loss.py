@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from nnunet_semisup.losses.shape_checks import check_same_dense_shape
+from nnunet_semisup.precision import full_precision
 
 
 class SDMRegressionLoss(nn.Module):
@@ -23,6 +24,7 @@ class SDMRegressionLoss(nn.Module):
         Returns a float32 scalar (0 when no voxel is valid).
     """
 
+    @full_precision  # squared SDM errors are small near the boundary: float32
     def forward(
         self, sdm_prediction: torch.Tensor, sdm_target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from nnunet_semisup.precision import full_precision
+
 
 def _boundary(masks: np.ndarray, spatial_dims: int) -> np.ndarray:
     """Inner boundaries of a stack of masks (..., *spatial), computed for the whole stack in one call."""
@@ -90,6 +92,7 @@ def signed_distance_map(
     return result
 
 
+@full_precision
 def sdm_to_mask(sdm: torch.Tensor, k: float = 1500.0) -> torch.Tensor:
     """Soft mask ``sigmoid(-k * sdm)`` of a (predicted) signed distance map (Eq. 2 of DTML as implemented).
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 def _check_probabilities(probs_a: torch.Tensor, probs_b: torch.Tensor) -> None:
     if probs_a.shape != probs_b.shape:
@@ -63,12 +65,14 @@ class ConfidentDisagreementLoss(nn.Module):
             raise ValueError(f"confidence threshold T must be in (0, 1), got {threshold}")
         return float(threshold)
 
+    @full_precision  # differences of softmax probabilities: float32
     def forward(
         self, probs_a: torch.Tensor, probs_b: torch.Tensor, threshold: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         threshold = self.threshold if threshold is None else self._checked(threshold)
+        probs_a, probs_b = probs_a.float(), probs_b.float()  # also for the comparison with T
         mask = confident_disagreement_mask(probs_a, probs_b, threshold)
-        distance = (probs_a.float() - probs_b.float()).abs().sum(1)  # (B, *spatial)
+        distance = (probs_a - probs_b).abs().sum(1)  # (B, *spatial)
         count = mask.sum()
         if count == 0:
             return distance.sum() * 0.0, mask

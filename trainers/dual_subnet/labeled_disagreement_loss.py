@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 def confident_foreground(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
     """Each voxel's confidently predicted foreground class: the argmax class where it is a foreground class
@@ -54,6 +56,7 @@ class LabeledDisagreementLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
 
+    @full_precision  # differences of softmax probabilities: float32
     def forward(self, probabilities: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if labels.ndim == probabilities.ndim:
             labels = labels[:, 0]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 def class_prototypes(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
@@ -100,6 +102,7 @@ class PrototypeContrastLoss(nn.Module):
         self.temperature = float(temperature)
         self.push_weight = float(push_weight)
 
+    @full_precision  # distances and cosines to prototypes: matmul and cdist in float32
     def forward(
         self,
         reliable_features: torch.Tensor,

@@ -10,6 +10,8 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
+from nnunet_semisup.precision import full_precision
+
 
 def select_pseudo_label_source(supervised_losses: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> int:
     """Index of the subnet whose supervised loss L_s on the current labeled batch is the lowest (the paper's
@@ -25,6 +27,7 @@ def select_pseudo_label_source(supervised_losses: list[torch.Tensor] | tuple[tor
     return min(range(len(finite)), key=finite.__getitem__)
 
 
+@full_precision  # p log p of small probabilities ranks the voxels: float32
 def voxel_entropy(probabilities: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Shannon entropy ``-sum_k p_k log p_k`` of every voxel's class distribution.
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+from nnunet_semisup.precision import full_precision
+
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """All ranks' ``tensor`` concatenated along dim 0 (rank order), keeping the gradient of the local part."""
@@ -80,6 +82,7 @@ class InfoNCELoss(nn.Module):
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
 
+    @full_precision  # cosine similarities over tau = 0.1: a half-precision matmul would blur them
     def forward(
         self,
         z_a: torch.Tensor,

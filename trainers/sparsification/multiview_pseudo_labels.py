@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_semisup.precision import full_precision
+
 SOURCES: tuple[str, ...] = ("3d", "xy", "xz", "yz")
 
 
@@ -236,6 +238,7 @@ def write_fused_dataset(
     return target
 
 
+@full_precision  # cross-entropies of the sets are compared with each other: float32
 def nearest_pseudo_label_set(logits, sets):
     """Nearest-neighbour fit: per sample, the pseudo-label set closest to the current output by cross-entropy.
 

@@ -70,6 +70,12 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
         getattr(dice, "_orig_mod", dice).batch_dice = self.batch_dice_2d  # _orig_mod: torch.compile'd
         return loss
 
+    def labeled_batch_setting(self) -> tuple[int, str]:
+        return (
+            self.batch_size_2d,
+            f"the class attribute batch_size_2d (a subclass of {self.__class__.__name__})",
+        )
+
     def _load_cases(self, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
         cases = {}

@@ -110,6 +110,10 @@ class WTATrainerBase(SemiSupervisedTrainer):
         # it gets one DDP wrap (rank 0's decoders broadcast, all gradients averaged). nnU-Net's own wrap of
         # self.network stays for validation and prediction.
         step = self.build_wta_step()
+        if self._do_i_compile():
+            # training runs through this module, not through nnU-Net's compiled self.network (which holds the
+            # same weights and stays for validation): compile it too, before the DDP wrap as nnU-Net does
+            step = torch.compile(step)
         n_stages = len(unwrap_network(self.network).encoder.stages)
         self.wta_step = (
             self.wrap_ddp(
@@ -231,7 +235,7 @@ class WTAPretrainTrainer(WTATrainerBase):
     # ------------------------------------------------------------------ validation without Dice
     def validation_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast_context():  # the training step's precision, as nnU-Net validates
             loss, _ = self.wta_loss(data)
         return {"loss": float(loss.detach().cpu())}
 
