@@ -6,6 +6,7 @@ names: never rename a released one.
 """
 
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
+from nnunet_semisup.trainers.bcp import BCPTrainer, BCPTrainer_NoPretrain
 from nnunet_semisup.trainers.dtml import (
     DTMLTrainer,
     DTMLTrainer_LabeledOnly,
@@ -24,6 +25,14 @@ from nnunet_semisup.trainers.dual_subnet import (
     DualSubnetContrastTrainer_RisingT,
     DualSubnetContrastTrainer_TwoSupervised,
 )
+from nnunet_semisup.trainers.fixmatch import (
+    FixMatchTrainer,
+    FixMatchTrainer_ConfidentDice,
+    FixMatchTrainer_NoCutMix,
+    FixMatchTrainer_RampUp,
+    FixMatchTrainer_SelfTeacher,
+    FixMatchTrainer_Threshold0,
+)
 from nnunet_semisup.trainers.labeled_only import LabeledOnlyTrainer
 from nnunet_semisup.trainers.mean_teacher import MeanTeacherTrainer, MeanTeacherTrainer_PredictTeacher
 from nnunet_semisup.trainers.meta import SelfTrainingMetaTrainer, SelfTrainingMetaTrainer_Stage1Only
@@ -35,6 +44,7 @@ from nnunet_semisup.trainers.secl import (
     SECLTrainer_RACS,
 )
 from nnunet_semisup.trainers.sparse_2d import SparseMultiPlane2DTrainer
+from nnunet_semisup.trainers.unimatch import UniMatchTrainer, UniMatchTrainer_NoFP
 from nnunet_semisup.trainers.wta import WTAPretrainTrainer, WTAPretrainTrainer_CentreGaussian
 from nnunet_semisup.trainers.wta_finetune import (
     WTAFinetuneTrainer,
@@ -45,6 +55,8 @@ from nnunet_semisup.trainers.wta_finetune import (
 from nnunet_semisup.trainers.wta_multitask import WTAMultiTaskTrainer, WTAMultiTaskTrainer_OneLevel
 
 __all__ = [
+    "BCPTrainer",
+    "BCPTrainer_NoPretrain",
     "DTMLTrainer",
     "DTMLTrainer_LabeledOnly",
     "DTMLTrainer_Ldis",
@@ -59,6 +71,12 @@ __all__ = [
     "DualSubnetContrastTrainer_RampU",
     "DualSubnetContrastTrainer_RisingT",
     "DualSubnetContrastTrainer_TwoSupervised",
+    "FixMatchTrainer",
+    "FixMatchTrainer_ConfidentDice",
+    "FixMatchTrainer_NoCutMix",
+    "FixMatchTrainer_RampUp",
+    "FixMatchTrainer_SelfTeacher",
+    "FixMatchTrainer_Threshold0",
     "LabeledOnlyTrainer",
     "MeanTeacherTrainer",
     "MeanTeacherTrainer_PredictTeacher",
@@ -71,6 +89,8 @@ __all__ = [
     "SelfTrainingMetaTrainer_Stage1Only",
     "SemiSupervisedTrainer",
     "SparseMultiPlane2DTrainer",
+    "UniMatchTrainer",
+    "UniMatchTrainer_NoFP",
     "WTAFinetuneTrainer",
     "WTAFinetuneTrainer_FinetuneAll",
     "WTAFinetuneTrainer_FinetuneLast",
