@@ -44,6 +44,9 @@ TRAINERS = [
     pytest.param("SparseMultiPlane2DTrainer", marks=_ONLY_WITH_ALL_KILLS),
     # the stage (random set / nearest-neighbour fit) follows the restored clock
     pytest.param("SelfTrainingMetaTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("FixMatchTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("UniMatchTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("BCPTrainer", marks=_ONLY_WITH_ALL_KILLS),
 ]
 NEW_TRAINERS = [
     "WTAPretrainTrainer",
@@ -51,6 +54,9 @@ NEW_TRAINERS = [
     "WTAMultiTaskTrainer",
     "SparseMultiPlane2DTrainer",
     "SelfTrainingMetaTrainer",
+    "FixMatchTrainer",
+    "UniMatchTrainer",
+    "BCPTrainer",
 ]
 # these trainers' processes load data in the main process (nnUNet_n_proc_DA=0), which saves CI time (every
 # augmentation worker is a Python start-up); LabeledOnlyTrainer and MeanTeacherTrainer run with workers, so the
@@ -73,6 +79,9 @@ EXTRA_STATE = {
     "WTAMultiTaskTrainer": ["wta_decoders", "gamma"],
     "SparseMultiPlane2DTrainer": [],
     "SelfTrainingMetaTrainer": ["set_generator"],
+    "FixMatchTrainer": ["teacher"],
+    "UniMatchTrainer": ["teacher"],
+    "BCPTrainer": ["teacher"],
 }
 # injected into the training process through PYTHONPATH: hang between writing a checkpoint and renaming it
 SITECUSTOMIZE = """
@@ -389,7 +398,10 @@ def test_exact_resume_in_process(request, trainer, monkeypatch, tmp_path):
     if first.uses_unlabeled_data:
         unlabeled = first.next_unlabeled_batch()
         first.next_unlabeled_batch = resumed.next_unlabeled_batch = lambda: unlabeled
+    # the same random draws for both (strong views, CutMix and copy-paste boxes are drawn in the step)
+    torch.manual_seed(2)
     first.train_step(batch)
+    torch.manual_seed(2)
     resumed.train_step(batch)
     assert resumed.global_step == first.global_step == 3
     _assert_same(_module_states(first), _module_states(resumed), trainer)

@@ -13,23 +13,20 @@ pytestmark = pytest.mark.e2e  # needs the planned tiny dataset
 
 
 def _build(tiny_dataset, monkeypatch, name: str, fold: int = 3):
-    trainer = tiny_dataset.build_trainer(name, fold, monkeypatch)
-    trainer.initialize()
-    trainer.on_fresh_start()
-    unlabeled = torch.randn(
-        2, 1, *trainer.configuration_manager.patch_size, generator=torch.Generator().manual_seed(5)
-    )
-    trainer.next_unlabeled_batch = lambda: unlabeled
-    return trainer
+    """``name`` on the tiny dataset's plans, initialized as for a fresh ``nnUNetv2_train`` run (constructed
+    directly: nnU-Net's trainer search is covered by the console-script tests), with a fixed unlabeled batch."""
+    return _trainer_with_labels(tiny_dataset, monkeypatch, name, regions=False, ignore=False, fold=fold)
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _region_trainer(tiny_dataset, monkeypatch, name: str, ignore: bool = False):
-    """``name`` built directly with a region-based dataset.json (regions {1, 2} and {2}; optional ignore 3), on
-    the tiny dataset's plans."""
+def _trainer_with_labels(
+    tiny_dataset, monkeypatch, name: str, regions: bool, ignore: bool, fold: int = 3, fresh_start: bool = True
+):
+    """``name`` built directly on the tiny dataset's plans, dataset.json changed to region-based (regions {1, 2}
+    and {2}) and/or with nnU-Net's ignore label 3 if asked, with a fixed unlabeled batch."""
     import json
 
     import nnunet_semisup.trainers as trainers
@@ -38,15 +35,19 @@ def _region_trainer(tiny_dataset, monkeypatch, name: str, ignore: bool = False):
         monkeypatch.setenv(key, tiny_dataset.env[key])
     folder = tiny_dataset.preprocessed / "Dataset501_Tiny"
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnUNetv2_train's entry point adds this key before building a trainer
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    dataset_json["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
+    if regions:
+        dataset_json["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
+        dataset_json["regions_class_order"] = [1, 2]
     if ignore:
         dataset_json["labels"]["ignore"] = 3
-    dataset_json["regions_class_order"] = [1, 2]
-    trainer = getattr(trainers, name)(plans, "3d_fullres", 3, dataset_json, torch.device("cpu"))
+    trainer = getattr(trainers, name)(plans, "3d_fullres", fold, dataset_json, torch.device("cpu"))
     trainer.initialize()
-    trainer.on_fresh_start()
-    unlabeled = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    if fresh_start:
+        trainer.on_fresh_start()
+    generator = torch.Generator().manual_seed(5)
+    unlabeled = torch.randn(2, 1, *trainer.configuration_manager.patch_size, generator=generator)
     trainer.next_unlabeled_batch = lambda: unlabeled
     return trainer
 
@@ -141,7 +142,7 @@ def test_fixmatch_self_teacher_labels_with_the_student(tiny_dataset, monkeypatch
 
 @pytest.mark.parametrize("ignore", [False, True])
 def test_fixmatch_region_based_step(tiny_dataset, monkeypatch, ignore):
-    trainer = _region_trainer(tiny_dataset, monkeypatch, "FixMatchTrainer", ignore)
+    trainer = _trainer_with_labels(tiny_dataset, monkeypatch, "FixMatchTrainer", regions=True, ignore=ignore)
     assert trainer.label_manager.has_regions
     assert trainer.confidence_log_keys == ["conf_whole", "conf_core"]
     unlabeled = trainer.next_unlabeled_batch()
@@ -152,3 +153,135 @@ def test_fixmatch_region_based_step(tiny_dataset, monkeypatch, ignore):
     out = trainer.train_step(_region_batch(trainer, ignore))
     assert torch.isfinite(torch.tensor(float(out["loss"]))) and out["loss_u"] > 0
     assert 0 <= out["conf_whole"] <= 1
+
+
+def _label_batch_with_ignore(trainer) -> dict:
+    """Label-based targets 0-2 with a slab of nnU-Net's ignore label 3, at every deep-supervision scale."""
+    patch = list(trainer.configuration_manager.patch_size)
+    generator = torch.Generator().manual_seed(0)
+    full = torch.randint(0, 3, (2, 1, *patch), generator=generator).float()
+    full[:, :, : patch[0] // 2] = 3
+    from nnunet_semisup.segmentation_targets import downsample_for_deep_supervision
+
+    targets = downsample_for_deep_supervision(full, trainer._get_deep_supervision_scales())
+    return {"data": torch.randn(2, 1, *patch, generator=generator), "target": targets}
+
+
+@pytest.mark.parametrize(
+    "name", ["FixMatchTrainer", "UniMatchTrainer", "BCPTrainer", "BCPTrainer_NoPretrain"]
+)
+def test_every_trainer_steps_with_an_ignore_label(tiny_dataset, monkeypatch, name):
+    trainer = _trainer_with_labels(tiny_dataset, monkeypatch, name, regions=False, ignore=True)
+    assert trainer.label_manager.ignore_label == 3
+    out = trainer.train_step(_label_batch_with_ignore(trainer))
+    assert "skipped" not in out and torch.isfinite(torch.tensor(float(out["loss"])))
+    assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("name", ["UniMatchTrainer", "BCPTrainer_NoPretrain"])
+def test_region_based_step(tiny_dataset, monkeypatch, name):
+    trainer = _trainer_with_labels(tiny_dataset, monkeypatch, name, regions=True, ignore=True)
+    out = trainer.train_step(_region_batch(trainer, ignore=True))
+    assert "skipped" not in out and torch.isfinite(torch.tensor(float(out["loss"])))
+
+
+# ---------------------------------------------------------------------------------------------- UniMatch
+def test_unimatch_perturbs_only_the_weak_rows_and_leaves_the_network_stock(
+    tiny_dataset, monkeypatch, random_batch
+):
+    trainer = _build(tiny_dataset, monkeypatch, "UniMatchTrainer")
+    student = unwrap_network(trainer.network)
+    images = trainer.next_unlabeled_batch()
+    with torch.no_grad():
+        clean = student(images)[0]
+        trainer.skip_dropout.rows = (2, 4)  # the second copy of the batch is perturbed
+        both = student(torch.cat([images, images]))[0]
+        trainer.skip_dropout.rows = None
+        again = student(images)[0]
+        teacher = trainer.teacher(images)
+    torch.testing.assert_close(both[:2], clean)
+    assert not torch.allclose(both[2:], clean)
+    torch.testing.assert_close(again, clean)  # inactive outside the step
+    torch.testing.assert_close(teacher, clean)  # the teacher (a copy before the hook) never perturbs
+    assert not trainer.teacher.encoder._forward_hooks
+
+    trainer.confidence_threshold = 0.0
+    out = trainer.train_step(random_batch(trainer))
+    assert trainer.skip_dropout.rows is None
+    assert out["loss_fp"] > 0 and out["loss_s1"] > 0 and out["loss_s2"] > 0
+    torch.testing.assert_close(
+        torch.tensor(out["loss_u"]),
+        torch.tensor(0.25 * (out["loss_s1"] + out["loss_s2"]) + 0.5 * out["loss_fp"]),
+    )
+    # the checkpoint's network is nnU-Net's: same keys as a freshly built one
+    fresh = trainer.build_network_architecture(
+        trainer.plans_manager,
+        trainer.configuration_manager,
+        trainer.num_input_channels,
+        trainer.label_manager.num_segmentation_heads,
+        trainer.enable_deep_supervision,
+    )
+    assert student.state_dict().keys() == fresh.state_dict().keys()
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+
+
+def test_unimatch_without_fp_has_no_hook(tiny_dataset, monkeypatch, random_batch):
+    trainer = _build(tiny_dataset, monkeypatch, "UniMatchTrainer_NoFP")
+    assert trainer.skip_dropout is None and not unwrap_network(trainer.network).encoder._forward_hooks
+    out = trainer.train_step(random_batch(trainer))
+    assert out["loss_fp"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- BCP
+def test_bcp_pretraining_stage_in_the_schedule_then_self_training(tiny_dataset, monkeypatch, random_batch):
+    trainer = _build(tiny_dataset, monkeypatch, "BCPTrainer")
+    total = trainer.num_epochs * trainer.num_iterations_per_epoch
+    assert trainer.pretraining_iterations == round(total * 2000 / 17000)
+    trainer.pretrain_fraction = 1 / total  # one pre-training iteration
+    batch = random_batch(trainer)
+    out = trainer.train_step(batch)
+    assert out["pretraining"] == 1.0 and trainer.global_step == 1
+    student = unwrap_network(trainer.network)
+    # the teacher is the student during pre-training: self-training starts with both equal
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(value, student.state_dict()[key]), key
+    teacher_before = _snapshot(trainer.teacher)
+    out = trainer.train_step(batch)
+    assert out["pretraining"] == 0.0 and out["loss_in"] > 0 and out["loss_out"] > 0
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    decay = trainer.ema_decay
+    for key, value in trainer.teacher.state_dict().items():
+        if value.is_floating_point():
+            expected = decay * teacher_before[key] + (1 - decay) * student.state_dict()[key]
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bcp_pretrained_weights_skip_the_stage_and_load_the_whole_network(
+    tiny_dataset, monkeypatch, tmp_path
+):
+    import sys
+
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    source = _build(tiny_dataset, monkeypatch, "BCPTrainer")
+    with torch.no_grad():
+        for p in unwrap_network(source.network).parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "pretrained.pth"
+    source.save_checkpoint(str(path))
+    pretrained = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "-pretrained_weights", str(path)])
+    trainer = _trainer_with_labels(
+        tiny_dataset, monkeypatch, "BCPTrainer", regions=False, ignore=False, fresh_start=False
+    )
+    # what nnUNetv2_train does after initialize(), before training starts
+    load_pretrained_weights(trainer.network, str(path))  # skips the seg_layers
+    trainer.on_fresh_start()
+    assert trainer.pretrained_from == str(path) and trainer.pretraining_iterations == 0
+    assert not trainer.in_pretraining()
+    student = unwrap_network(trainer.network).state_dict()
+    for key, value in pretrained.items():  # seg_layers included
+        assert torch.equal(student[key], value), key
+        assert torch.equal(trainer.teacher.state_dict()[key], value), key
+    assert trainer.get_semisup_state()["pretrained_from"] == str(path)
