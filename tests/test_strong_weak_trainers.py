@@ -125,6 +125,14 @@ def test_fixmatch_threshold_masks_the_unlabeled_loss(tiny_dataset, monkeypatch):
     terms = trainer.confidence_terms(labels, confidence)
     assert 0.3 < float(terms["conf_frac"]) < 0.7
 
+    # the per-class curves on a hand-made map: background 1 of 2 confident, class 1 1 of 1, class 2 none of 1
+    trainer.confidence_threshold = 0.95
+    labels = torch.tensor([0.0, 0.0, 1.0, 2.0]).reshape(1, 1, 4, 1, 1)
+    confidence = torch.tensor([0.99, 0.5, 0.96, 0.1]).reshape(1, 1, 4, 1, 1)
+    terms = trainer.confidence_terms(labels, confidence)
+    background, first, second = trainer.confidence_log_keys
+    assert [float(terms[k]) for k in ("conf_frac", background, first, second)] == [0.5, 0.5, 1.0, 0.0]
+
 
 def test_fixmatch_self_teacher_labels_with_the_student(tiny_dataset, monkeypatch, random_batch):
     trainer = _build(tiny_dataset, monkeypatch, "FixMatchTrainer_SelfTeacher")

@@ -183,15 +183,15 @@ class FixMatchTrainer(SemiSupervisedTrainer):
         """``conf_frac`` and the per-class (or per-region) confident fractions of a weak batch (NaN for a class
         no voxel was pseudo-labeled as; the epoch mean skips NaNs)."""
         confident = confidence >= self.confidence_threshold
-        terms = {"conf_frac": confident.float().mean()}
-        for index, key in enumerate(self.confidence_log_keys):
-            if self.label_manager.has_regions:
-                terms[key] = confident[:, index].float().mean()
-            else:
-                of_class = labels == index
-                count = of_class.sum()
-                terms[key] = (confident & of_class).sum() / count if count > 0 else float("nan")
-        return terms
+        if self.label_manager.has_regions:
+            fractions = confident.float().mean(dim=[0, *range(2, confident.ndim)])
+        else:
+            n_classes = len(self.confidence_log_keys)
+            classes = labels.long().flatten()
+            per_class = torch.bincount(classes, minlength=n_classes).float()
+            confident_per_class = torch.bincount(classes[confident.flatten()], minlength=n_classes).float()
+            fractions = confident_per_class / per_class  # 0/0 = NaN for a class nobody was labeled as
+        return {"conf_frac": confident.float().mean(), **dict(zip(self.confidence_log_keys, fractions))}
 
     def compute_loss(self, data, target, unlabeled):
         n_labeled, n_unlabeled = data.shape[0], unlabeled.shape[0]
