@@ -65,6 +65,21 @@ EXPECTED_FLOOR = {
     # SelfTrainingMetaTrainer(_Stage1Only): no floor; a second encoder (for A(Y^)) but no deep supervision, so
     # its cost relative to nnUNetTrainer depends on how the encoder and the deep-supervision heads split the work
     # SparseMultiPlane2DTrainer trains a 2D U-Net on 16 slices per iteration: not a multiple of the 3D step
+    # FixMatch: student fwd+bwd on labeled + one strong view (2B) + teacher (or no-grad student) fwd on B_u = B
+    "FixMatchTrainer": 7 / 3,
+    "FixMatchTrainer_SelfTeacher": 7 / 3,
+    "FixMatchTrainer_NoCutMix": 7 / 3,
+    "FixMatchTrainer_Threshold0": 7 / 3,
+    "FixMatchTrainer_ConfidentDice": 7 / 3,
+    "FixMatchTrainer_RampUp": 7 / 3,
+    # UniMatch: student fwd+bwd on labeled + two strong views + the feature-perturbed weak view (4B) + teacher on B
+    "UniMatchTrainer": 13 / 3,
+    "UniMatchTrainer_NoFP": 10 / 3,  # labeled + two strong views (3B) + teacher on B
+    # BCP: student fwd+bwd on B mixed patches (half X_in, half X_out) + teacher fwd on B_u = B. BCPTrainer's
+    # first 12 % of iterations (the ones a benchmark from iteration 0 times) are the pre-training stage:
+    # nnU-Net's step on copy-pasted labeled patches, floor 1
+    "BCPTrainer": 1.0,
+    "BCPTrainer_NoPretrain": 4 / 3,
 }
 
 

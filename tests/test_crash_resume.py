@@ -50,6 +50,9 @@ TRAINERS = [
     pytest.param("SparseMultiPlane2DTrainer", marks=_ONLY_WITH_ALL_KILLS),
     # the stage (random set / nearest-neighbour fit) follows the restored clock
     pytest.param("SelfTrainingMetaTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("FixMatchTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("UniMatchTrainer", marks=_ONLY_WITH_ALL_KILLS),
+    pytest.param("BCPTrainer", marks=_ONLY_WITH_ALL_KILLS),
 ]
 NEW_TRAINERS = [
     "WTAPretrainTrainer",
@@ -57,6 +60,9 @@ NEW_TRAINERS = [
     "WTAMultiTaskTrainer",
     "SparseMultiPlane2DTrainer",
     "SelfTrainingMetaTrainer",
+    "FixMatchTrainer",
+    "UniMatchTrainer",
+    "BCPTrainer",
 ]
 # these trainers' processes load data in the main process (nnUNet_n_proc_DA=0), which saves CI time (every
 # augmentation worker is a Python start-up); LabeledOnlyTrainer and MeanTeacherTrainer run with workers, so the

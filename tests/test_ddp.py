@@ -27,6 +27,9 @@ DATASETS = {
     "WTAMultiTaskTrainer": "Dataset501_Tiny",
     "SparseMultiPlane2DTrainer": "Dataset520_TinySparse",
     "SelfTrainingMetaTrainer": "Dataset522_TinySparseMeta",
+    "FixMatchTrainer": "Dataset501_Tiny",
+    "UniMatchTrainer": "Dataset501_Tiny",  # its feature-perturbation hook inside nnU-Net's DDP-wrapped network
+    "BCPTrainer": "Dataset501_Tiny",
 }
 TRAINERS = list(DATASETS)
 # trainers with networks, heads or teachers besides nnU-Net's self.network
@@ -37,6 +40,9 @@ EXTRA_MODULES = [
     "DualSubnetContrastTrainer",
     "WTAPretrainTrainer",
     "WTAMultiTaskTrainer",
+    "FixMatchTrainer",
+    "UniMatchTrainer",
+    "BCPTrainer",
 ]
 UNLABELED = EXTRA_MODULES  # the trainers that draw unlabeled batches
 
