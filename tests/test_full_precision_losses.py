@@ -7,18 +7,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
-from nnunet_semisup.trainers.dtml.sdm_network import SDMRegressionNetwork
-from nnunet_semisup.trainers.dual_subnet.confident_disagreement_loss import ConfidentDisagreementLoss
 from nnunet_semisup.losses.consistency import ProbabilityMSELoss
 from nnunet_semisup.trainers.dtml.dual_task_consistency_loss import DualTaskConsistencyLoss
-from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss
+from nnunet_semisup.trainers.dtml.sdm_mask_dice_loss import SDMMaskDiceLoss
+from nnunet_semisup.trainers.dtml.sdm_network import SDMRegressionNetwork
+from nnunet_semisup.trainers.dtml.sdm_regression_loss import SDMRegressionLoss
+from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
+from nnunet_semisup.trainers.dual_subnet.confident_disagreement_loss import ConfidentDisagreementLoss
 from nnunet_semisup.trainers.dual_subnet.labeled_disagreement_loss import LabeledDisagreementLoss
 from nnunet_semisup.trainers.dual_subnet.prototype_contrast_loss import PrototypeContrastLoss
-from nnunet_semisup.trainers.dtml.sdm_mask_dice_loss import SDMMaskDiceLoss
-from nnunet_semisup.trainers.dtml.sdm_regression_loss import SDMRegressionLoss
-from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import nearest_pseudo_label_set
 from nnunet_semisup.trainers.dual_subnet.pseudo_labels import voxel_entropy
+from nnunet_semisup.trainers.secl.info_nce_loss import InfoNCELoss
+from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import nearest_pseudo_label_set
 
 
 def _generator() -> torch.Generator:

@@ -8,6 +8,8 @@ import math
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
+from nnunet_semisup.networks import make_teacher
+from nnunet_semisup.nnunet_commands import pretrained_weights_argument
 from nnunet_semisup.schedules import ema_update
 from nnunet_semisup.segmentation_targets import (
     deep_supervised_loss,
@@ -20,8 +22,6 @@ from nnunet_semisup.segmentation_targets import (
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.bcp.copy_paste import copy_paste_boxes, paste
 from nnunet_semisup.trainers.bcp.mixed_loss import CopyPasteMixedLoss
-from nnunet_semisup.networks import make_teacher
-from nnunet_semisup.nnunet_commands import pretrained_weights_argument
 
 
 class BCPTrainer(SemiSupervisedTrainer):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from nnunet_semisup.losses.shape_checks import check_same_dense_shape
-from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 from nnunet_semisup.precision import full_precision
+from nnunet_semisup.trainers.dtml.signed_distance import sdm_to_mask
 
 
 class SDMMaskDiceLoss(nn.Module):

@@ -10,6 +10,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunet_semisup.losses.masked_cross_entropy import MaskedCrossEntropyLoss
 from nnunet_semisup.losses.masked_soft_dice import MaskedSoftDiceLoss
+from nnunet_semisup.networks import make_teacher
 from nnunet_semisup.schedules import ema_decay_with_warmup, ema_update
 from nnunet_semisup.segmentation_targets import (
     deep_supervised_loss,
@@ -20,7 +21,6 @@ from nnunet_semisup.segmentation_targets import (
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.fixmatch.cutmix import cutmix, random_boxes, rolled_source
 from nnunet_semisup.trainers.fixmatch.strong_augmentation import StrongIntensityAugmentation
-from nnunet_semisup.networks import make_teacher
 from nnunet_semisup.training_log import SemiSupLocalLogger
 
 TEACHER_SOURCES = ("ema", "student")

@@ -37,7 +37,15 @@ class UniMatchTrainer(FixMatchTrainer):
     strong_view_weight: float = 0.5  # lambda (Yang et al. 2023, Sec. 3): 0.25 per strong view
     feature_perturbation_weight: float = 0.5  # mu (Yang et al. 2023, Sec. 3)
     feature_dropout: float = 0.5  # UniMatch's Dropout2d(0.5) on the encoder features
-    semisup_log_keys = ("loss_sup", "loss_unsup", "loss_s1", "loss_s2", "loss_fp", "unsup_weight", "conf_frac")
+    semisup_log_keys = (
+        "loss_sup",
+        "loss_unsup",
+        "loss_s1",
+        "loss_s2",
+        "loss_fp",
+        "unsup_weight",
+        "conf_frac",
+    )
 
     def initialize(self) -> None:
         super().initialize()  # the teacher is copied before the hook exists, so it never perturbs
