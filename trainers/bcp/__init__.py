@@ -1,5 +1,6 @@
 """BCP (Bai et al., CVPR 2023) for nnU-Net: mean teacher with bidirectional copy-paste."""
 
-from nnunet_semisup.trainers.bcp.trainer import BCPTrainer, BCPTrainer_NoPretrain
+from nnunet_semisup.lazy_exports import lazy_exports, trainer_classes
 
-__all__ = ["BCPTrainer", "BCPTrainer_NoPretrain"]
+# the trainer classes of these modules, imported on first use
+__all__, __getattr__ = lazy_exports(__name__, trainer_classes(__file__, "trainer"))
