@@ -24,6 +24,11 @@ bound has the same labeled set for every seed, so there a seed is only a repeat 
 A run is finished when its final checkpoint, its test predictions and its ``summary.json`` exist; finished
 runs are skipped, an interrupted training is continued (``--c``). Everything lives under ``--work-dir``
 (its own nnUNet_raw/preprocessed/results), so the user's nnU-Net folders are never touched.
+
+Results outlive the work folder: ``--archive DEST`` (or :func:`archive_results`) copies the manifest, the report
+and every finished run's ``summary.json`` and ``run.json`` (a few kB a run, no images or checkpoints) to DEST.
+Copied back into a work folder (``cp -r DEST/. WORK/``), archived runs count as finished and are reported but not
+retrained, so a study of many CPU hours can be continued on another machine with the same data and options.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from nnunet_semisup import nnunet_commands
 from nnunet_semisup.console import Console
 from nnunet_semisup.nnunet_commands import use_work_folder
 
-__all__ = ["BASELINE", "SELF_TRAIN", "BenchmarkError", "BenchmarkOptions", "plan_splits", "run_benchmark"]
+__all__ = [
+    "BASELINE",
+    "SELF_TRAIN",
+    "BenchmarkError",
+    "BenchmarkOptions",
+    "archive_results",
+    "plan_splits",
+    "run_benchmark",
+]
 
 BASELINE = "LabeledOnlyTrainer"
 SELF_TRAIN = "self-train"
@@ -188,13 +201,59 @@ def check_trainers(names: tuple[str, ...]) -> None:
 def run_finished(
     run_dir: Path, checkpoint: Path, test_cases: list[str], file_ending: str = ".nii.gz"
 ) -> bool:
-    """Whether a run is done: final checkpoint, a prediction per test case and ``summary.json`` exist."""
+    """Whether a run is done: final checkpoint, a prediction per test case and ``summary.json`` exist, or the run
+    was restored from an archive (:func:`archive_results`)."""
+    if is_archived(run_dir):
+        return True
     predictions = run_dir / "predictions"
     return (
         checkpoint.is_file()
         and (run_dir / SUMMARY).is_file()
         and all((predictions / f"{c}{file_ending}").is_file() for c in test_cases)
     )
+
+
+def is_archived(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an archived run: its ``summary.json`` and a ``run.json`` marked ``archived``."""
+    info = run_dir / RUN_INFO
+    return (
+        (run_dir / SUMMARY).is_file()
+        and info.is_file()
+        and bool(json.loads(info.read_text()).get("archived"))
+    )
+
+
+def archive_results(work: Path, dest: Path) -> list[str]:
+    """Copy what a benchmark's results are made of from work folder ``work`` to ``dest``: the manifest
+    (``benchmark.json``), ``results.csv``/``.md``, ``learning_curve.png`` and, of every finished run, its
+    ``summary.json`` and ``run.json`` (marked ``archived``: copied back into a work folder, the run counts as
+    finished). Images, predictions and checkpoints are not copied. Existing files in ``dest`` are overwritten
+    one by one (a run archived earlier stays when ``work`` no longer has it). Returns the names of the archived
+    runs (``trainer/key``).
+
+    Raises:
+        BenchmarkError: ``work`` has no ``benchmark.json`` (not a benchmark work folder).
+    """
+    import shutil
+
+    work, dest = Path(work), Path(dest)
+    if not (work / MANIFEST).is_file():
+        raise BenchmarkError(f"{work} is not a benchmark work folder (no {MANIFEST}): nothing to archive")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, "results.csv", "results.md", "learning_curve.png"):
+        if (work / name).is_file():
+            shutil.copyfile(work / name, dest / name)
+    archived = []
+    for summary in sorted(work.glob(f"runs/*/*/{SUMMARY}")):
+        run_dir = summary.parent
+        info_file = run_dir / RUN_INFO
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        target = dest / run_dir.relative_to(work)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary, target / SUMMARY)
+        (target / RUN_INFO).write_text(json.dumps({**info, "archived": True}, indent=1) + "\n")
+        archived.append(f"{run_dir.parent.name}/{run_dir.name}")
+    return archived
 
 
 class _Bench(Console):

@@ -167,7 +167,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from nnunet_semisup.benchmark_runner import BenchmarkError, BenchmarkOptions, run_benchmark
+    from pathlib import Path
+
+    from nnunet_semisup.benchmark_runner import (
+        BenchmarkError,
+        BenchmarkOptions,
+        archive_results,
+        run_benchmark,
+    )
 
     def ints(text: str, flag: str) -> tuple[int, ...]:
         try:
@@ -201,7 +208,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         run_benchmark(options)
     except BenchmarkError as e:
+        if args.archive:  # the finished runs are worth keeping even when one failed
+            archive_results(Path(args.work_dir), Path(args.archive))
         return report_error("benchmark", e)
+    if args.archive:
+        runs = archive_results(Path(args.work_dir), Path(args.archive))
+        print(f"Archived the report and {len(runs)} finished run(s) to {args.archive}")
     return 0
 
 
@@ -339,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-names", help="comma-separated names of labels 1, 2, ... (default: label_<v>)")
     p.add_argument("--first-id", type=int, default=100, help="first dataset id inside the work folder")
     p.add_argument("--report-only", action="store_true", help="only write the report of the finished runs")
+    p.add_argument(
+        "--archive",
+        metavar="DEST",
+        help="afterwards copy the report and every finished run's summary (no images or checkpoints) to DEST; "
+        "copied back into a work folder (cp -r DEST/. WORK/), those runs count as finished",
+    )
     deprecated_alias(p, "--device", "-device")
     p.set_defaults(func=_cmd_benchmark)
     return parser

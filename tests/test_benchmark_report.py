@@ -13,6 +13,7 @@ from nnunet_semisup.benchmark_runner import (
     BenchmarkError,
     BenchmarkOptions,
     Run,
+    archive_results,
     plan_runs,
     plan_splits,
     run_benchmark,
@@ -315,3 +316,47 @@ def test_a_work_folder_of_other_settings_is_refused(source, tmp_path):
 
 def test_run_names():
     assert Run("SECLTrainer", "semi", 4, 1, "n4_s1").name == "SECLTrainer/n4_s1"
+
+
+def test_archived_runs_count_as_finished_in_another_work_folder(source, tmp_path):
+    """--archive keeps the report and each finished run's summary; copied into a new work folder, the runs are
+    reported as finished without a checkpoint or predictions (a study continued on another machine)."""
+    import shutil
+
+    from nnunet_semisup.evaluation import evaluate_folders, save_summary
+
+    def options(work):
+        return BenchmarkOptions(str(source), str(work), (2,), 2, schedule="epochs=1", report_only=True)
+
+    work = tmp_path / "work"
+    assert run_benchmark(options(work))["missing"] == ["LabeledOnlyTrainer/n2_s0"]
+    test_cases = json.loads((work / "benchmark.json").read_text())["settings"]["test"]
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for case in test_cases:
+        shutil.copyfile(source / "labels" / f"{case}.nii.gz", labels / f"{case}.nii.gz")
+    run_dir = work / "runs" / "LabeledOnlyTrainer" / "n2_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "predictions").mkdir()
+    save_summary(evaluate_folders(str(labels), str(labels)), str(run_dir / "summary.json"))
+    (run_dir / "run.json").write_text(json.dumps({"total_seconds": 12.5}))
+    # a summary without checkpoint or predictions is not a finished run in its own work folder
+    assert not run_finished(run_dir, tmp_path / "checkpoint_final.pth", test_cases)
+
+    archive = tmp_path / "archive"
+    assert archive_results(work, archive) == ["LabeledOnlyTrainer/n2_s0"]
+    archived_run = archive / "runs" / "LabeledOnlyTrainer" / "n2_s0"
+    assert sorted(p.name for p in archived_run.iterdir()) == ["run.json", "summary.json"]
+    assert json.loads((archived_run / "run.json").read_text()) == {"total_seconds": 12.5, "archived": True}
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(archive, elsewhere)
+    result = run_benchmark(options(elsewhere))
+    assert result["finished"] == ["LabeledOnlyTrainer/n2_s0"] and result["missing"] == []
+    rows = read_rows(result["results_csv"])
+    assert {r["case"] for r in rows} == set(test_cases) and all(float(r["dice"]) == 1.0 for r in rows)
+
+
+def test_archive_refuses_a_folder_that_is_not_a_benchmark(tmp_path):
+    with pytest.raises(BenchmarkError, match="not a benchmark work folder"):
+        archive_results(tmp_path, tmp_path / "archive")
