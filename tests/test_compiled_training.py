@@ -25,19 +25,24 @@ from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 pytestmark = pytest.mark.e2e
 
 STEPS = 2
-# one trainer per method family (the packages of the target layout: core, mean_teacher, secl, dtml, dual_subnet,
-# wta, sparsification, self_training): the default run; WTAMultiTaskTrainer runs the most of the wta family
-# beside the compiled network (the whole network and the WTA decoders in one step module)
-REPRESENTATIVES = [
-    "LabeledOnlyTrainer",
-    "MeanTeacherTrainer",
-    "SECLTrainer",
-    "DTMLTrainer",
-    "DualSubnetContrastTrainer",
-    "WTAMultiTaskTrainer",
-    "SparseMultiPlane2DTrainer",
-    "SelfTrainingMetaTrainer",
-]
+# one trainer per method package (trainers/<method>/, found from the classes' modules, so a new method cannot
+# skip the default run): the package's shortest class name (its main trainer), plus the trainers that run the
+# most beside the compiled network: WTAMultiTaskTrainer (the whole network and the WTA decoders in one step
+# module) and SparseMultiPlane2DTrainer (the sparsification package's 2D trainer)
+EXTRA_REPRESENTATIVES = {"WTAMultiTaskTrainer", "SparseMultiPlane2DTrainer"}
+
+
+def _representatives() -> list[str]:
+    by_package: dict[str, list[str]] = {}
+    for name in trainers.__all__:
+        package = getattr(trainers, name).__module__.split(".")[2]  # nnunet_semisup.trainers.<package>...
+        if package != "base":
+            by_package.setdefault(package, []).append(name)
+    main = {min(names, key=lambda n: (len(n), n)) for names in by_package.values()}
+    return sorted(main | EXTRA_REPRESENTATIVES)
+
+
+REPRESENTATIVES = _representatives()
 CASES = [pytest.param(name, "eager", id=f"{name}-eager") for name in REPRESENTATIVES] + [
     pytest.param(name, "inductor", id=f"{name}-inductor", marks=pytest.mark.slow)
     for name in sorted(trainers.__all__)
