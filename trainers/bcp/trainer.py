@@ -8,9 +8,7 @@ import math
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from nnunet_semisup.networks import make_teacher
 from nnunet_semisup.nnunet_commands import pretrained_weights_argument
-from nnunet_semisup.schedules import ema_update
 from nnunet_semisup.segmentation_targets import (
     deep_supervised_loss,
     downsample_for_deep_supervision,
@@ -22,9 +20,10 @@ from nnunet_semisup.segmentation_targets import (
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.bcp.copy_paste import copy_paste_boxes, paste
 from nnunet_semisup.trainers.bcp.mixed_loss import CopyPasteMixedLoss
+from nnunet_semisup.trainers.ema_teacher import EMATeacherMixin
 
 
-class BCPTrainer(SemiSupervisedTrainer):
+class BCPTrainer(EMATeacherMixin, SemiSupervisedTrainer):
     """Mean teacher trained on bidirectionally copy-pasted patches (Bai et al., CVPR 2023, Sec. 3).
 
     Per iteration, with a box ``1 - M`` of 2/3 of every side at a random place (one per pair of patches):
@@ -66,8 +65,6 @@ class BCPTrainer(SemiSupervisedTrainer):
         if not 0.0 <= self.pretrain_fraction < 1.0:
             raise ValueError(f"pretrain_fraction must be in [0, 1), got {self.pretrain_fraction}")
         self.pretrained_from: str | None = None
-        # made from the unwrapped student after nnU-Net's DDP wrap (DDP broadcast rank 0's weights), never wrapped
-        self.teacher = make_teacher(unwrap_network(self.network))
         self.mixed_loss = CopyPasteMixedLoss(
             self.label_manager.has_regions,
             batch_dice=self.configuration_manager.batch_dice,
@@ -96,7 +93,7 @@ class BCPTrainer(SemiSupervisedTrainer):
             self.print_to_log_file(
                 f"BCP: labeled-only copy-paste pre-training for {self.pretraining_iterations} iterations"
             )
-        self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
+        super().on_fresh_start()  # the teacher starts as the (pre-trained) student
 
     def load_pretrained_segmentation_layers(self, checkpoint_path: str) -> None:
         """Load ``decoder.seg_layers`` from ``checkpoint_path`` (which nnU-Net's ``-pretrained_weights`` skips)
@@ -171,21 +168,18 @@ class BCPTrainer(SemiSupervisedTrainer):
         return loss_in + loss_out, {"loss_in": loss_in, "loss_out": loss_out, "pretraining": 0.0}
 
     # ------------------------------------------------------------------ teacher
-    def after_optimizer_step(self) -> None:
+    def teacher_ema_decay(self) -> float:
         # during pre-training the teacher is the student (decay 0): self-training starts with both equal to the
-        # pre-trained model, as in BCP
-        decay = 0.0 if self.global_step <= self.pretraining_iterations else self.ema_decay
-        ema_update(self.teacher, unwrap_network(self.network), decay)
+        # pre-trained model, as in BCP; then a constant 0.99 (BCP's code has no warm-up)
+        return 0.0 if self.global_step <= self.pretraining_iterations else self.ema_decay
 
     def get_semisup_state(self) -> dict:
         state = super().get_semisup_state()
-        state["teacher"] = self.teacher.state_dict()
         state["pretrained_from"] = self.pretrained_from
         return state
 
     def set_semisup_state(self, state: dict) -> None:
         super().set_semisup_state(state)
-        self.teacher.load_state_dict(state["teacher"])
         self.pretrained_from = state.get("pretrained_from")
 
 

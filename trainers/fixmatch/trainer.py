@@ -10,8 +10,6 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunet_semisup.losses.masked_cross_entropy import MaskedCrossEntropyLoss
 from nnunet_semisup.losses.masked_soft_dice import MaskedSoftDiceLoss
-from nnunet_semisup.networks import make_teacher
-from nnunet_semisup.schedules import ema_decay_with_warmup, ema_update
 from nnunet_semisup.segmentation_targets import (
     deep_supervised_loss,
     full_resolution,
@@ -19,6 +17,7 @@ from nnunet_semisup.segmentation_targets import (
     split_outputs,
 )
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.ema_teacher import EMATeacherMixin
 from nnunet_semisup.trainers.fixmatch.cutmix import cutmix, random_boxes, rolled_source
 from nnunet_semisup.trainers.fixmatch.strong_augmentation import StrongIntensityAugmentation
 from nnunet_semisup.training_log import SemiSupLocalLogger
@@ -38,7 +37,7 @@ def confident_fraction_keys(label_manager, dataset_json: dict) -> list[str]:
     return [f"conf_{re.sub(r'[^0-9A-Za-z]+', '_', name)}" for name in names]
 
 
-class FixMatchTrainer(SemiSupervisedTrainer):
+class FixMatchTrainer(EMATeacherMixin, SemiSupervisedTrainer):
     """nnU-Net's supervised loss plus FixMatch's unlabeled loss: hard pseudo-labels from a weak view of each
     unlabeled patch, kept where the teacher is confident, train the student on a strong view of the same patch.
 
@@ -92,9 +91,7 @@ class FixMatchTrainer(SemiSupervisedTrainer):
         self.logger.local_logger = SemiSupLocalLogger(self.semisup_log_keys)
 
     def initialize(self) -> None:
-        super().initialize()
-        # made from the unwrapped student after nnU-Net's DDP wrap (DDP broadcast rank 0's weights), never wrapped
-        self.teacher = make_teacher(unwrap_network(self.network)) if self.teacher_source == "ema" else None
+        super().initialize()  # also the EMA teacher, unless teacher_source == "student" (EMATeacherMixin)
         region_based = self.label_manager.has_regions
         self.unlabeled_ce = MaskedCrossEntropyLoss(region_based, normalization="all")
         self.unlabeled_dice = (
@@ -103,10 +100,9 @@ class FixMatchTrainer(SemiSupervisedTrainer):
             else None
         )
 
-    def on_fresh_start(self) -> None:
-        # after -pretrained_weights were loaded into the student
-        if self.teacher is not None:
-            self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
+    @property
+    def uses_ema_teacher(self) -> bool:
+        return self.teacher_source == "ema"
 
     # ------------------------------------------------------------------ views and pseudo-labels
     @torch.no_grad()
@@ -202,26 +198,6 @@ class FixMatchTrainer(SemiSupervisedTrainer):
             "unsup_weight": weight,
             **terms,
         }
-
-    # ------------------------------------------------------------------ teacher
-    def after_optimizer_step(self) -> None:
-        if self.teacher is not None:
-            ema_update(
-                self.teacher,
-                unwrap_network(self.network),
-                ema_decay_with_warmup(self.global_step, self.ema_decay),
-            )
-
-    def get_semisup_state(self) -> dict:
-        state = super().get_semisup_state()
-        if self.teacher is not None:
-            state["teacher"] = self.teacher.state_dict()
-        return state
-
-    def set_semisup_state(self, state: dict) -> None:
-        super().set_semisup_state(state)
-        if self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
 
 
 class FixMatchTrainer_SelfTeacher(FixMatchTrainer):

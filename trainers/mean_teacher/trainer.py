@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from nnunet_semisup.losses.consistency import ProbabilityMSELoss
-from nnunet_semisup.networks import make_teacher
-from nnunet_semisup.schedules import ema_decay_with_warmup, ema_update
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+from nnunet_semisup.trainers.ema_teacher import EMATeacherMixin
 
 
-class MeanTeacherTrainer(SemiSupervisedTrainer):
+class MeanTeacherTrainer(EMATeacherMixin, SemiSupervisedTrainer):
     """Student trained with nnU-Net's loss on labeled patches plus a ramped-up consistency term
     ``MSE(softmax(student(x)), softmax(teacher(x + noise)))`` on labeled and unlabeled patches; the teacher is
     an exponential moving average of the student.
@@ -31,14 +30,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
     semisup_log_keys = ("loss_sup", "loss_cons", "cons_weight")
 
     def initialize(self) -> None:
-        super().initialize()
-        # made from the unwrapped student after nnU-Net's DDP wrap (DDP broadcast rank 0's weights), never wrapped
-        self.teacher = make_teacher(unwrap_network(self.network))
+        super().initialize()  # also the EMA teacher (EMATeacherMixin)
         self.consistency_loss = ProbabilityMSELoss("sigmoid" if self.label_manager.has_regions else "softmax")
-
-    def on_fresh_start(self) -> None:
-        # after -pretrained_weights were loaded into the student
-        self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
 
     def compute_loss(self, data, target, unlabeled):
         images = self.joint_batch(data, unlabeled)
@@ -50,22 +43,6 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
             )
         loss_cons = self.consistency_loss(student_logits, teacher_logits)
         return self.with_ramped_term(loss_sup, "cons", loss_cons, self.consistency_weight)
-
-    def after_optimizer_step(self) -> None:
-        ema_update(
-            self.teacher,
-            unwrap_network(self.network),
-            ema_decay_with_warmup(self.global_step, self.ema_decay),
-        )
-
-    def get_semisup_state(self) -> dict:
-        state = super().get_semisup_state()
-        state["teacher"] = self.teacher.state_dict()
-        return state
-
-    def set_semisup_state(self, state: dict) -> None:
-        super().set_semisup_state(state)
-        self.teacher.load_state_dict(state["teacher"])
 
 
 class MeanTeacherTrainer_PredictTeacher(MeanTeacherTrainer):

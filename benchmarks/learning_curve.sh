@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The learning curve of every trainer against labeled-only nnU-Net at the converged schedule of
+# benchmarks/convergence.sh (docs/benchmarks.md): the smallest labeled counts + the fully labeled bound,
+# seeds 0, 1, 2 (each seed draws other labeled cases), one resumable `nnunet-semisup benchmark` work folder.
+# The runner finishes every trainer and seed of the smallest count before the next count. Run it again to
+# continue; with ARCHIVE=DIR the report and run summaries are copied to DIR after every call (committed under
+# benchmarks/results/learning_curve_2mm; `cp -r DIR/. "$WORK/"` restores them on a new machine).
+#
+#   WORK=/path/to/work ARCHIVE=benchmarks/results/learning_curve_2mm nice -n 19 bash benchmarks/learning_curve.sh
+#   DEVICE=cuda SPACING=0 ITERS=250000 WORK=... bash benchmarks/learning_curve.sh   # a GPU: nnU-Net's plans, 1000 epochs
+set -euo pipefail
+DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
+WORK=${WORK:?set WORK to a folder for the benchmark work folder}
+ITERS=${ITERS:-4000}   # the converged schedule of the convergence study; 100 iterations an epoch
+LABELED=${LABELED:-2,4}
+SEEDS=${SEEDS:-0,1,2}
+TEST=${TEST:-40}
+UNLABELED=${UNLABELED:-100}
+SPACING=${SPACING:-2}
+DEVICE=${DEVICE:-cpu}
+TRAINERS=${TRAINERS:-LabeledOnlyTrainer,FixMatchTrainer,MeanTeacherTrainer,UniMatchTrainer,BCPTrainer,SECLTrainer,DTMLTrainer,DualSubnetContrastTrainer,WTAMultiTaskTrainer,self-train}
+export nnUNet_def_n_proc=${nnUNet_def_n_proc:-1} nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1}
+nnunet-semisup benchmark --data "$DATA" --work-dir "$WORK" --labeled "$LABELED" --test "$TEST" \
+    --unlabeled "$UNLABELED" --full --seeds "$SEEDS" --trainers "$TRAINERS" \
+    --schedule "epochs=$((ITERS / 100)),iters=100,val_iters=2" --spacing-mm "$SPACING" -device "$DEVICE" \
+    --label-names anterior,posterior -np 2 ${ARCHIVE:+--archive "$ARCHIVE"}
