@@ -10,7 +10,10 @@ A method subclass usually overrides three hooks:
 Everything else (the unlabeled loader next to nnU-Net's labeled one, the training clock and its ramp-up, the
 labeled + unlabeled batch and its split under deep supervision, AMP and gradient clipping, extra curves in the log
 and progress.png, checkpoint state, a clear message on GPU out-of-memory) lives here once.
-:class:`MixedPrecisionMixin` gives nnU-Net's mixed precision a switch that runs it on CPU.
+:class:`MixedPrecisionMixin` gives nnU-Net's mixed precision a switch that runs it on CPU;
+:class:`FewLabeledCasesSplitMixin` makes a leave-one-out split for 2 to 4 labeled cases;
+:class:`UserInputErrorExitMixin` stops ``nnUNetv2_train`` on bad input with the message alone (and logs it). The
+last three are shared with ``LabeledOnlyTrainer``.
 """
 
 from __future__ import annotations
