@@ -219,15 +219,32 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nnunet-semisup`` argument parser (one sub-command per verb)."""
-    parser = argparse.ArgumentParser(prog="nnunet-semisup", description=__doc__.split("\n\n")[0])
+    # plain text: the module docstring's reST markup would show as is in --help
+    parser = argparse.ArgumentParser(
+        prog="nnunet-semisup",
+        description="The commands of nnunet-semisup that nnU-Net has no verb for: preprocessing unlabeled "
+        "images, building benchmark datasets, evaluation, the demo and benchmarks, and the verbs of some methods "
+        "(self-training, prediction with a second network, annotation sparsification). Training and standard "
+        "prediction use nnU-Net's own commands (nnUNetv2_train -tr TRAINER, nnUNetv2_predict). "
+        "'nnunet-semisup COMMAND -h' describes each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("trainer-dir", help="print the folder to put in nnUNet_extTrainer")
+    p = sub.add_parser(
+        "trainer-dir",
+        help="print the folder to put in nnUNet_extTrainer",
+        description="Prints the folder of the trainer shims. A regular pip install registers the trainers by "
+        "itself; after an editable install run: export nnUNet_extTrainer=$(nnunet-semisup trainer-dir).",
+    )
     p.set_defaults(func=_cmd_trainer_dir)
 
     p = sub.add_parser(
         "preprocess-unlabeled",
         help="preprocess nnUNet_raw/DatasetX/imagesUnlabeled with the dataset's plans (only new cases)",
+        description="Checks the unlabeled images (names, channels, ending, readability) and preprocesses new "
+        "or changed ones with the configuration's own nnU-Net preprocessor into "
+        "nnUNet_preprocessed/DatasetX/<data identifier>_unlabeled/. Optional: the semi-supervised trainers do "
+        "the same when they start. Run nnUNetv2_plan_and_preprocess for the configuration first.",
     )
     p.add_argument("-d", required=True, help="dataset name or id")
     p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
@@ -253,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, required=True, help="number of test cases (imagesTs/labelsTs)")
     p.add_argument("--out-id", type=int, required=True, help="id of the new dataset")
     p.add_argument("--name", default="SemiSup", help="name of the new dataset (DatasetXXX_NAME)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the case draw (default: 0)")
     p.add_argument("--label-names", help="comma-separated names of labels 1, 2, ... (default: inferred)")
     p.add_argument(
         "--channel-names", help="comma-separated channel names (default: MRI; 'CT' for CT normalization)"
@@ -262,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", action="store_true", help="symlink instead of copying images")
     p.set_defaults(func=_cmd_make_benchmark)
 
-    p = sub.add_parser("evaluate", help="per-case and per-class Dice, IoU, HD95 and ASD (mm)")
+    p = sub.add_parser(
+        "evaluate",
+        help="per-case and per-class Dice, IoU, HD95 and ASD (mm)",
+        description="Scores the predicted label maps in --pred against the references in --ref (matched by file "
+        "name; shape and spacing must agree): per case and class Dice, IoU, HD95 and ASD in mm, their means "
+        "and standard deviations. Prints a table and writes the JSON summary (default: "
+        "PRED/semisup_summary.json). Conventions for empty classes: docs/user_guide.md.",
+    )
     p.add_argument("--ref", required=True, help="folder of reference label maps")
     p.add_argument("--pred", required=True, help="folder of predicted label maps (same file names)")
     p.add_argument("-o", help="output JSON (default: PRED/semisup_summary.json)")
@@ -279,7 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     deprecated_alias(p, "-pred", "--pred")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="labeled-only vs mean teacher on a small hippocampus benchmark")
+    p = sub.add_parser(
+        "demo",
+        help="labeled-only vs mean teacher on a small hippocampus benchmark",
+        description="Builds a small benchmark dataset, plans it, trains each trainer with the same short "
+        "schedule (fold all), predicts and scores the test cases and writes a table and plot, all with "
+        "nnU-Net's console scripts under --work-dir. Finished steps are skipped when run again.",
+    )
     p.add_argument(
         "--work-dir", default="demo_work", help="folder for all nnU-Net folders (default: ./demo_work)"
     )
@@ -289,18 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="images/labels folder (default: $NNUNET_SEMISUP_DEMO_DATA, else ../shared/data/msd_hippocampus, "
         "else generated data)",
     )
-    p.add_argument("--labeled", type=int, default=8)
-    p.add_argument("--unlabeled", type=int, default=40)
-    p.add_argument("--test", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--iters", type=int, default=40)
+    p.add_argument("--labeled", type=int, default=8, help="labeled training cases (default: 8)")
+    p.add_argument("--unlabeled", type=int, default=40, help="unlabeled training cases (default: 40)")
+    p.add_argument("--test", type=int, default=20, help="test cases (default: 20)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of every training (default: 8)")
+    p.add_argument("--iters", type=int, default=40, help="iterations per epoch (default: 40)")
     p.add_argument(
         "--spacing-mm",
         type=float,
         default=2.0,
         help="target spacing in mm of the demo's plans, for CPU speed (default 2; 0 = nnU-Net's own plans)",
     )
-    p.add_argument("--trainers", default="LabeledOnlyTrainer,MeanTeacherTrainer")
+    p.add_argument(
+        "--trainers",
+        default="LabeledOnlyTrainer,MeanTeacherTrainer",
+        help="comma-separated trainer class names (default: LabeledOnlyTrainer,MeanTeacherTrainer)",
+    )
     deprecated_alias(p, "--spacing", "--spacing-mm")
     p.set_defaults(func=_cmd_demo)
 

@@ -93,7 +93,9 @@ def add_extra_network_predict_parser(
     p.add_argument("--source", choices=sources, default=default_source, help=f"default: {default_source}")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default: 0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument(
+        "--save_probabilities", action="store_true", help="also save the class probabilities (.npz, .pkl)"
+    )
     p.add_argument("-device", default="cuda", help="cuda, cpu or mps (default: cuda)")
     p.add_argument("-npp", type=int, default=3, help="preprocessing processes (default: 3)")
     p.add_argument("-nps", type=int, default=3, help="export processes (default: 3)")

@@ -115,6 +115,8 @@ def add_parsers(subparsers) -> None:
         action="store_true",
         help="redo the fingerprints even if they exist (after the data changed)",
     )
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--verbose", action="store_true", help="nnU-Net's verbose planning and preprocessing output"
+    )
     p.add_argument("--no_pbar", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_plan_and_preprocess)

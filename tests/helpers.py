@@ -22,6 +22,8 @@ DATASETS = {
 # nearest listed ancestor
 EXTRA_STATE = {
     "MeanTeacherTrainer": ["teacher"],
+    # the teacher is the checkpoint's network_weights (checked below), the student is extra state
+    "MeanTeacherTrainer_PredictTeacher": ["student"],
     "SECLTrainer": ["projector", "teacher"],
     "DTMLTrainer": ["dist_network"],
     "DualSubnetContrastTrainer": ["subnet_b", "heads"],
@@ -104,7 +106,7 @@ def load_and_assert_everything_restored(trainer, path: Path) -> None:
     """Load ``path`` into a newly built ``trainer`` as ``--c`` does: network, optimizer (momentum, per-group lr),
     epoch and every entry of ``semisup_state`` come back exactly as saved, and the method's extra state
     (``EXTRA_STATE``) is one a fresh trainer does not have."""
-    from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
+    from nnunet_semisup.trainers.base import SemiSupervisedTrainer
 
     if not isinstance(trainer, SemiSupervisedTrainer):
         trainer.load_checkpoint(str(path))  # LabeledOnlyTrainer: nnU-Net's own checkpoint, nothing of ours
@@ -115,7 +117,8 @@ def load_and_assert_everything_restored(trainer, path: Path) -> None:
     fresh = copy.deepcopy(trainer.get_semisup_state())  # state_dicts share storage with the modules
     trainer.load_checkpoint(str(path))  # what --c does (nnU-Net's maybe_load_checkpoint)
     assert trainer.current_epoch == saved["current_epoch"]
-    assert_same(saved["network_weights"], unwrap_network(trainer.network).state_dict(), "network_weights")
+    # network_weights: the trained network, or what a variant predicts with (checkpoint_network_weights)
+    assert_same(saved["network_weights"], trainer.checkpoint_network_weights(), "network_weights")
     assert_same(saved["optimizer_state"], trainer.optimizer.state_dict(), "optimizer_state")
     assert_same(saved["semisup_state"], trainer.get_semisup_state(), "semisup_state")
     for key in ["global_step", *extra_state_of(type(trainer))]:

@@ -222,6 +222,28 @@ def test_no_unlabeled_images_for_a_method_that_needs_them(data):
     assert "-tr LabeledOnlyTrainer" in message and "preprocess-unlabeled" in message
 
 
+@pytest.mark.parametrize("case", ["no unlabeled images", "wrong file ending"])
+def test_trainer_start_errors_exit_with_the_message_and_write_it_to_the_training_log(data, tmp_path, case):
+    # what nnUNetv2_train calls: run_training. The user's data is at fault: SystemExit(message), which Python
+    # prints without a traceback (exit status 1; tests/test_few_labeled_cases.py runs the console script)
+    from nnunet_semisup.data.unlabeled import UnlabeledDataError
+    from nnunet_semisup.errors import TrainingInputError
+
+    if case == "wrong file ending":
+        _wrong_file_ending(data, tmp_path)
+    trainer = data.trainer("MeanTeacherTrainer")
+    data.snapshot()
+    with pytest.raises(SystemExit) as excinfo:
+        trainer.run_training()
+    data.assert_untouched()
+    message = str(excinfo.value.code)
+    expected = {"no unlabeled images": TrainingInputError, "wrong file ending": UnlabeledDataError}[case]
+    assert isinstance(excinfo.value.__cause__, expected)
+    assert message == f"ERROR: {excinfo.value.__cause__}"
+    log = "".join(p.read_text() for p in Path(trainer.output_folder).glob("training_log_*.txt"))
+    assert message in log
+
+
 # --- annotation sparsification --------------------------------------------------------------------------------
 
 

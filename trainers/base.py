@@ -10,21 +10,26 @@ A method subclass usually overrides three hooks:
 Everything else (the unlabeled loader next to nnU-Net's labeled one, the training clock and its ramp-up, the
 labeled + unlabeled batch and its split under deep supervision, AMP and gradient clipping, extra curves in the log
 and progress.png, checkpoint state, a clear message on GPU out-of-memory) lives here once.
-:class:`MixedPrecisionMixin` gives nnU-Net's mixed precision a switch that runs it on CPU.
+:class:`MixedPrecisionMixin` gives nnU-Net's mixed precision a switch that runs it on CPU;
+:class:`FewLabeledCasesSplitMixin` makes a leave-one-out split for 2 to 4 labeled cases;
+:class:`UserInputErrorExitMixin` stops ``nnUNetv2_train`` on bad input with the message alone (and logs it). The
+last three are shared with ``LabeledOnlyTrainer``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.paths import nnUNet_raw
-from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -40,6 +45,7 @@ from nnunet_semisup.data.unlabeled import (
     unlabeled_preprocessed_folder,
     unlabeled_status,
 )
+from nnunet_semisup.errors import TrainingInputError, UserInputError
 from nnunet_semisup.schedules import apply_schedule, sigmoid_rampup
 from nnunet_semisup.training_log import SemiSupLocalLogger
 
@@ -126,7 +132,116 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
+NNUNET_FOLDS = 5  # nnU-Net's default cross-validation (nnUNetTrainer.do_split)
+SPLITS_FILE = "splits_final.json"
+
+
+def leave_one_out_splits(case_ids: list[str]) -> list[dict[str, list[str]]]:
+    """One fold per case: fold ``i`` validates on the ``i``-th case (sorted) and trains on all others.
+
+    Args:
+        case_ids: the labeled training cases (at least 2).
+
+    Returns:
+        nnU-Net's ``splits_final.json`` content, ``[{"train": [...], "val": [case]}, ...]``, ``len(case_ids)``
+        folds.
+    """
+    keys = sorted(case_ids)
+    if len(keys) < 2:
+        raise ValueError(f"leave-one-out needs at least 2 cases, got {len(keys)}")
+    return [{"train": [k for k in keys if k != v], "val": [v]} for v in keys]
+
+
+class FewLabeledCasesSplitMixin:
+    """nnU-Net's ``do_split``, extended to datasets with fewer than 5 labeled training cases.
+
+    nnU-Net's first training of a numbered fold writes a seeded 5-fold split to ``splits_final.json``, which fails
+    inside scikit-learn for fewer than 5 cases. Semi-supervised datasets often have 2 to 4 labeled cases, so:
+
+    - 2 to 4 labeled cases and no ``splits_final.json``: a leave-one-out split (as many folds as cases) is
+      written, and said so in the training log and on stdout. Leave-one-out keeps every case in the validation
+      of exactly one fold, as nnU-Net's 5-fold split does, and it is the only split that trains every fold on
+      all but one of so few cases; it is deterministic (sorted case names).
+    - 1 (or no) labeled case, or a fold number the split does not have (2 to 4 cases): a
+      :class:`~nnunet_semisup.errors.TrainingInputError` naming the fix, fold ``all`` or a
+      ``splits_final.json`` of one's own. (nnU-Net would fall back to a random 80:20 split of so few cases for
+      a missing fold, a split nobody asked for and that no other fold's validation complements.)
+
+    Everything else is nnU-Net's ``do_split`` unchanged: fold ``all``, an existing ``splits_final.json``
+    (honoured as written, whatever the number of cases), 5 or more cases (seeded 5-fold split; a fold beyond the
+    file's folds gets nnU-Net's seeded 80:20 split).
+    """
+
+    def do_split(self):
+        if self.fold == "all":
+            return super().do_split()
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        case_ids = sorted(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        if len(case_ids) >= NNUNET_FOLDS:
+            return super().do_split()
+        splits_file = os.path.join(self.preprocessed_dataset_folder_base, SPLITS_FILE)
+        dataset = self.plans_manager.dataset_name
+        if os.path.isfile(splits_file):
+            with open(splits_file) as f:
+                n_folds = len(json.load(f))
+        else:
+            if len(case_ids) < 2:
+                found = f"1 labeled training case ({case_ids[0]})" if case_ids else "no labeled training case"
+                raise TrainingInputError(
+                    f"Dataset {dataset} has {found} in {self.preprocessed_dataset_folder}, and fold {self.fold} "
+                    f"needs a cross-validation split with at least 2 cases (one to train on, one to validate "
+                    f"on). Train with fold all (nnUNetv2_train {dataset} {self.configuration_name} all -tr "
+                    f"{self.__class__.__name__}: trains on every labeled case and validates on the same), or write "
+                    f'your own {splits_file} ([{{"train": [...], "val": [...]}}, ...], one entry per fold).'
+                )
+            splits = leave_one_out_splits(case_ids)
+            n_folds = len(splits)
+            if self.local_rank == 0:  # every rank would compute the same file
+                tmp = f"{splits_file}.tmp{os.getpid()}"
+                with open(tmp, "w") as f:
+                    json.dump(splits, f, indent=4)
+                os.replace(tmp, splits_file)
+            self.print_to_log_file(
+                f"Only {len(case_ids)} labeled training cases, too few for nnU-Net's {NNUNET_FOLDS}-fold "
+                f"cross-validation: created a leave-one-out split instead ({n_folds} folds, 0 to {n_folds - 1}; "
+                f"each trains on {len(case_ids) - 1} case(s) and validates on the one left out) in {splits_file}. "
+                f"To use another split, replace that file with your own."
+            )
+        if self.fold >= n_folds:
+            raise TrainingInputError(
+                f"Fold {self.fold} does not exist: {splits_file} has {n_folds} fold(s) (0 to {n_folds - 1}) for "
+                f"the {len(case_ids)} labeled training cases of dataset {dataset}. Train one of folds 0 to "
+                f"{n_folds - 1} or fold all, or write your own splits_final.json with more folds."
+            )
+        return super().do_split()
+
+
+class UserInputErrorExitMixin:
+    """``nnUNetv2_train`` stops with the message alone, no traceback, when the user's data or arguments are at
+    fault (a :class:`~nnunet_semisup.errors.UserInputError`, e.g. no or badly named unlabeled images, a split
+    that cannot be made): the message goes to nnU-Net's training log (``training_log_*.txt`` in the output
+    folder) and to stderr, and the process exits with status 1 (``SystemExit(message)``, whose ``__cause__`` is
+    the original error for callers in Python). Every other exception keeps its traceback."""
+
+    @contextmanager
+    def exit_on_user_input_error(self) -> Iterator[None]:
+        """Turn a :class:`~nnunet_semisup.errors.UserInputError` raised inside into the logged ``SystemExit``."""
+        try:
+            yield
+        except UserInputError as error:
+            message = f"ERROR: {error}"
+            self.print_to_log_file(message, also_print_to_console=False)
+            raise SystemExit(message) from error
+
+    def run_training(self) -> None:
+        with self.exit_on_user_input_error():
+            super().run_training()
+
+
+class SemiSupervisedTrainer(
+    UserInputErrorExitMixin, FewLabeledCasesSplitMixin, MixedPrecisionMixin, nnUNetTrainer
+):
     """Base class of the package's semi-supervised trainers (not a method by itself).
 
     Class attributes (override in subclasses; nnU-Net's debug.json records them):
@@ -252,7 +367,7 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
                 if raw_dir
                 else f"nnUNet_raw/{dataset_name}/{UNLABELED_FOLDER}"
             )
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"{self.__class__.__name__} trains on unlabeled images, but dataset {dataset_name} has none. Put "
                 f"them in {where}/ named like imagesTr (CASE_0000{self.dataset_json['file_ending']}, one file per "
                 f"channel) and start again (they are preprocessed automatically, or run `nnunet-semisup "
@@ -575,6 +690,12 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
         self.global_step = int(state["global_step"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
+    def checkpoint_network_weights(self) -> dict[str, torch.Tensor]:
+        """The state_dict saved as the checkpoint's ``network_weights``, what ``nnUNetv2_predict`` (any ``-chk``)
+        predicts with: the trained network by default (a variant that predicts with another network of the
+        same architecture returns that one's, in every checkpoint)."""
+        return unwrap_network(self.network).state_dict()
+
     def save_checkpoint(self, filename: str) -> None:
         # nnU-Net's checkpoint (same keys, so nnU-Net's predictor and -pretrained_weights read it) plus our
         # state, written atomically.
@@ -584,7 +705,7 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
         checkpoint = {
-            "network_weights": unwrap_network(self.network).state_dict(),
+            "network_weights": self.checkpoint_network_weights(),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),
@@ -598,6 +719,12 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
         atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: str) -> None:
+        # nnUNetv2_train --c / --val / --val_best load before training: a checkpoint that does not fit this run
+        # (e.g. another schedule) is the user's input too
+        with self.exit_on_user_input_error():
+            self._load_checkpoint(filename_or_checkpoint)
+
+    def _load_checkpoint(self, filename_or_checkpoint: str) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError(
                 "load_checkpoint expects the path of a checkpoint file (nnU-Net 2.8 reads paths only)"

@@ -8,15 +8,25 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_semisup.schedules import apply_schedule
-from nnunet_semisup.trainers.base import MixedPrecisionMixin, remove_stale_checkpoint_temporaries
+from nnunet_semisup.trainers.base import (
+    FewLabeledCasesSplitMixin,
+    MixedPrecisionMixin,
+    UserInputErrorExitMixin,
+    remove_stale_checkpoint_temporaries,
+)
 
 
-class LabeledOnlyTrainer(MixedPrecisionMixin, nnUNetTrainer):
+class LabeledOnlyTrainer(
+    UserInputErrorExitMixin, FewLabeledCasesSplitMixin, MixedPrecisionMixin, nnUNetTrainer
+):
     """nnU-Net's ``nnUNetTrainer`` unchanged, except that it honours ``nnUNet_semisup_schedule``, so the
     baseline runs on exactly the schedule (epochs, iterations) of the semi-supervised trainers it is
     compared with, and that its checkpoints are written atomically (temporary file + rename, so a job killed
     while saving keeps its previous checkpoint). Unlabeled images are ignored. ``cpu_mixed_precision`` (see
-    :class:`~nnunet_semisup.trainers.base.MixedPrecisionMixin`) runs nnU-Net's AMP step on CPU."""
+    :class:`~nnunet_semisup.trainers.base.MixedPrecisionMixin`) runs nnU-Net's AMP step on CPU. Like every trainer of
+    the package it makes a leave-one-out split for 2 to 4 labeled cases
+    (:class:`~nnunet_semisup.trainers.base.FewLabeledCasesSplitMixin`) and stops on bad input with the message
+    alone (:class:`~nnunet_semisup.trainers.base.UserInputErrorExitMixin`)."""
 
     def __init__(
         self,

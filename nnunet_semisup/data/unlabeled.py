@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nnunet_semisup.errors import UserInputError
+
 UNLABELED_FOLDER = "imagesUnlabeled"
 MANIFEST_NAME = "semisup_unlabeled_manifest.json"
 MANIFEST_FORMAT = 1
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class UnlabeledDataError(ValueError):
+class UnlabeledDataError(UserInputError, ValueError):
     """Bad unlabeled input. The message names the file or case and says how to fix it."""
 
 

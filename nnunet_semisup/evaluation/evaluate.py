@@ -71,7 +71,7 @@ def _foreground_values(array: np.ndarray, what: str) -> set[int]:
 _GEOMETRY_FIX = (
     "Predictions are compared voxel by voxel with the reference of the same file name: predict the images that "
     "belong to these references (nnUNetv2_predict writes each prediction in its input image's shape and "
-    "spacing), and check that -pred and -ref hold the same cases, not resampled copies."
+    "spacing), and check that --pred and --ref hold the same cases, not resampled copies."
 )
 
 

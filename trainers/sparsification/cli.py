@@ -101,9 +101,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", nargs="+", default=["0"], help="folds of all models (default: 0)")
-    p.add_argument("--trainer-2d", default="SparseMultiPlane2DTrainer")
-    p.add_argument("--trainer-3d", default="LabeledOnlyTrainer")
-    p.add_argument("--trainer-meta", default="SelfTrainingMetaTrainer")
+    p.add_argument(
+        "--trainer-2d",
+        default="SparseMultiPlane2DTrainer",
+        help="2D base model trainer (default: SparseMultiPlane2DTrainer)",
+    )
+    p.add_argument(
+        "--trainer-3d",
+        default="LabeledOnlyTrainer",
+        help="3D base model trainer (default: LabeledOnlyTrainer)",
+    )
+    p.add_argument(
+        "--trainer-meta",
+        default="SelfTrainingMetaTrainer",
+        help="meta-model trainer (default: SelfTrainingMetaTrainer)",
+    )
     add_device_arguments(p)
     for old, new in (("--tr2d", "--trainer-2d"), ("--tr3d", "--trainer-3d"), ("--tr-meta", "--trainer-meta"),
                      ("--meta-d", "--meta-dataset")):  # fmt: skip

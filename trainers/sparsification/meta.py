@@ -25,6 +25,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from torch import nn
 
+from nnunet_semisup.errors import TrainingInputError
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
 from nnunet_semisup.trainers.sparsification.multiview_pseudo_labels import SOURCES, nearest_pseudo_label_set
 from nnunet_semisup.trainers.sparsification.networks import YShapedUNet
@@ -74,7 +75,7 @@ class SelfTrainingMetaTrainer(SemiSupervisedTrainer):
                 kwargs[key] = pydoc.locate(kwargs[key])
         image_channels = num_input_channels - num_output_channels - NUM_SETS
         if image_channels < 1:
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"SelfTrainingMetaTrainer needs a meta dataset (image + {num_output_channels} A(Y^) + {NUM_SETS} "
                 f"pseudo-label channels), got {num_input_channels} channels: make one with `nnunet-semisup "
                 "pseudo-labels --meta-id ID`"
@@ -125,7 +126,7 @@ class SelfTrainingMetaTrainer(SemiSupervisedTrainer):
         super().set_semisup_state(state)
         self.set_generator.set_state(state["set_generator"])
         if state["stage"] != self.stage:
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"checkpoint was saved in stage {state['stage']}, but iteration {self.global_step} is stage "
                 f"{self.stage} with stage1_fraction={self.stage1_fraction}: resume with the same schedule"
             )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nnunet_semisup.errors import TrainingInputError
+
 
 class SparseSliceLoader:
     """Batches of 2D patches from annotated slices (Eq. 1): per batch a random plane, per sample a random case,
@@ -61,7 +63,7 @@ class SparseSliceLoader:
             if self.annotated:
                 break
         if not self.annotated:
-            raise RuntimeError(
+            raise TrainingInputError(
                 "no annotated voxel in any training case (every voxel is the ignore label). If the raw labels do "
                 "have annotated slices, the plans' resampling erased them: nnU-Net resamples the ignore label like "
                 "any class, so single annotated slices vanish when the target spacing is coarser than the raw "

@@ -20,6 +20,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
+from nnunet_semisup.errors import TrainingInputError
 from nnunet_semisup.networks import freeze_deep_supervision_seg_layers
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer
 from nnunet_semisup.trainers.sparsification.networks import SliceWiseNetwork, network_axis, plainconv_unet_2d
@@ -89,7 +90,7 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
     def get_dataloaders(self):
         ignore = self.label_manager.ignore_label
         if ignore is None:
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"{self.__class__.__name__} trains on sparse labels, but {self.plans_manager.dataset_name}'s "
                 f"dataset.json ({self.preprocessed_dataset_folder_base}/dataset.json, copied from nnUNet_raw) has "
                 "no 'ignore' label. Make a sparse dataset with `nnunet-semisup sparsify`, or, for your own partial "

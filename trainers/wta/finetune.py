@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from nnunet_semisup.errors import TrainingInputError
 from nnunet_semisup.nnunet_commands import pretrained_weights_argument
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
 from nnunet_semisup.trainers.wta.autoencoder import encoder_conv_parameters, weight_norm_phi
@@ -121,7 +122,7 @@ class WTAFinetuneTrainer(SemiSupervisedTrainer):
         encoder = unwrap_network(self.network).encoder
         current = encoder_conv_parameters(encoder)
         if all(torch.equal(current[k].detach(), v) for k, v in self._fresh_encoder_weights.items()):
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"{self.__class__.__name__} fine-tunes a pretrained encoder, but the encoder still has its "
                 f"initial weights: no -pretrained_weights were given. Pretrain first, then fine-tune with the "
                 f"pretraining's final checkpoint:\n"
@@ -164,7 +165,7 @@ class WTAFinetuneTrainer(SemiSupervisedTrainer):
         ours = self.configuration_manager.configuration
         differing = [f for f in _PLANS_FIELDS_THAT_MUST_MATCH if theirs.get(f) != ours.get(f)]
         if differing:
-            raise RuntimeError(
+            raise TrainingInputError(
                 f"-pretrained_weights {checkpoint_path} was trained with plans {plans.get('plans_name')!r}, "
                 f"configuration {configuration!r}, which differ from this run's ({self.plans_manager.plans_name!r}, "
                 f"{self.configuration_name!r}) in {', '.join(differing)}. Pretrain with the same -p and "
