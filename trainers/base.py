@@ -340,12 +340,54 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
             find_unused_parameters=find_unused_parameters,
         )
 
+    # ------------------------------------------------------------------ extra modules
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules the method holds besides the segmentation network (teachers, heads, decoders, second
+        networks), by attribute name, unwrapped from DDP/``torch.compile``: every ``torch.nn.Module`` attribute of
+        the trainer except ``network`` and the loss, each once."""
+        network = unwrap_network(self.network) if self.network is not None else None
+        found: dict[str, torch.nn.Module] = {}
+        seen = {id(network), id(getattr(self, "loss", None))}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module):
+                module = unwrap_network(value)
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    found[name] = module
+        return found
+
+    def extra_parameter_count(self) -> tuple[int, int]:
+        """(parameters of the extra modules not shared with the segmentation network, parameters of the
+        segmentation network). Shared parameters (a step module holding the network's encoder) count once, as
+        the network's; an EMA teacher is a copy and counts in full."""
+        network = unwrap_network(self.network)
+        own = {id(p) for p in network.parameters()}
+        extra: dict[int, int] = {}
+        for module in self.extra_modules().values():
+            for p in module.parameters():
+                if id(p) not in own:
+                    extra[id(p)] = p.numel()
+        return sum(extra.values()), sum(p.numel() for p in network.parameters())
+
+    def log_extra_parameters(self) -> None:
+        """One log line with the size of the method's extra modules next to the segmentation network's."""
+        extra, network = self.extra_parameter_count()
+        if extra:
+            names = ", ".join(
+                name for name, m in self.extra_modules().items() if any(True for _ in m.parameters())
+            )
+            self.print_to_log_file(
+                f"extra modules: {extra:,} parameters ({100 * extra / max(network, 1):.1f} % of the segmentation "
+                f"network's {network:,}; {names})"
+            )
+
     # ------------------------------------------------------------------ training loop hooks
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
         if self.local_rank == 0:
             remove_stale_checkpoint_temporaries(self.output_folder, self.print_to_log_file)
+            self.log_extra_parameters()
         if self.uses_unlabeled_data:
             self.prepare_unlabeled_data()
         super().on_train_start()
