@@ -141,6 +141,8 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
     - ``max_consecutive_nonfinite_steps``: a step whose loss is NaN/inf is skipped (no backward, no optimizer
       or EMA step) with a warning; this many in a row abort the run before weights are corrupted.
     - ``cpu_mixed_precision``: see :class:`MixedPrecisionMixin`.
+    - ``requires_3d_volumes``: empty for methods that train on every configuration (2d, 3d_fullres, 3d_lowres, 2D
+      datasets); otherwise the reason the method is 3D by definition, and 2D configurations are refused.
 
     Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
     """
@@ -150,6 +152,8 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
     rampup_fraction: float = 1.0
     semisup_log_keys: tuple[str, ...] = ()
     max_consecutive_nonfinite_steps: int = 20
+    # "" = any configuration; otherwise why the method needs 3D patches (it then refuses 2D ones at construction)
+    requires_3d_volumes: str = ""
     # places the unlabeled patches (uniformly at random; a subclass may bias the placement)
     unlabeled_loader_class: type = UnlabeledDataLoader
     # augment unlabeled patches without resampling their (unused) segmentation: the same images, about half the
@@ -180,7 +184,20 @@ class SemiSupervisedTrainer(MixedPrecisionMixin, nnUNetTrainer):
             else None
         )
         self.logger.local_logger = SemiSupLocalLogger(self.semisup_log_keys)
+        self.check_configuration()
         self.on_init()
+
+    def check_configuration(self) -> None:
+        """Refuse, before anything is built or written, a configuration the method is not defined on: with
+        ``requires_3d_volumes`` a 2D patch (the ``2d`` configuration of any dataset, every configuration of a
+        2D dataset). Raises RuntimeError naming the trainer, the configuration, the reason and what to run."""
+        if self.requires_3d_volumes and len(self.configuration_manager.patch_size) != 3:
+            raise RuntimeError(
+                f"{self.__class__.__name__} is defined on 3D volumes ({self.requires_3d_volumes}), but "
+                f"configuration {self.configuration_name!r} of {self.plans_manager.dataset_name} trains on 2D "
+                f"patches. Train it with 3d_fullres (or 3d_lowres) of a 3D dataset; docs/user_guide.md "
+                f"('Supported configurations') lists what runs where."
+            )
 
     def on_init(self) -> None:
         """Called at the end of ``__init__``, with the plans, the schedule and the logger set up: check the

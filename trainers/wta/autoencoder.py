@@ -129,7 +129,8 @@ def encoder_level_weights(arch_kwargs: dict, level: int, in_channels: int) -> in
     kernels, _ = encoder_level_convs(arch_kwargs, level)
     features = int(arch_kwargs["features_per_stage"][level])
     return sum(
-        (in_channels if i == 0 else features) * features * int(np.prod(kernel)) for i, kernel in enumerate(kernels)
+        (in_channels if i == 0 else features) * features * int(np.prod(kernel))
+        for i, kernel in enumerate(kernels)
     )
 
 
