@@ -354,8 +354,6 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
         fixture, dataset_name = dataset or dataset_of_trainer(getattr(trainers, name))
         runner = request.getfixturevalue(fixture)
         plans = write_tiny_network_plans(runner, dataset_name)
-        if configuration != "3d_fullres":
-            preprocess_tiny_network_configuration(runner, dataset_name, configuration)
         for key in ("nnUNet_raw", "nnUNet_preprocessed"):
             monkeypatch.setenv(key, runner.env[key])
         monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
@@ -363,6 +361,8 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
         monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=1,iters=2,val_iters=1")
         dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
         trainer = get_trainer_from_args(dataset_id, configuration, 0, name, plans, device=torch.device("cpu"))
+        if configuration != "3d_fullres":  # after construction, which refuses what a trainer cannot train on
+            preprocess_tiny_network_configuration(runner, dataset_name, configuration)
         if isinstance(trainer, trainers.WTAFinetuneTrainer):
             pretrained = tmp_path / f"wta_pretrained_{configuration}.pth"
             if not pretrained.is_file():
