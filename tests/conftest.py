@@ -268,7 +268,21 @@ def _tiny_configuration(config: dict, dims: int, identifier: str, patch: int = 1
     return config
 
 
-def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
+TINY_RESENC_PLANS = "nnUNetResEncPlansTinyNet"
+
+
+def _residual_encoder(config: dict) -> dict:
+    """A tiny configuration with nnU-Net's ResEnc presets' network class, ``ResidualEncoderUNet`` (1, 2, 2 residual
+    blocks per stage, one convolution per decoder stage, as the presets)."""
+    arch = config["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kwargs = arch["arch_kwargs"]
+    kwargs.pop("n_conv_per_stage", None)
+    kwargs.update(n_blocks_per_stage=[1, 2, 2], n_conv_per_stage_decoder=[1, 1])
+    return config
+
+
+def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str, residual_encoder: bool = False) -> str:
     """Plans ``nnUNetPlansTinyNet`` for a planned dataset: its ``nnUNetPlans`` with every configuration shrunk to
     a 16^3 (16^2 for ``2d``) patch and a 3-stage U-Net of 4, 8, 16 features (a few milliseconds per step, also under
     bfloat16 autocast on CPU), under their own data identifiers (the preprocessed labeled cases of 3d_fullres, or
@@ -279,21 +293,22 @@ def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
     images are too small to get from the planner. Returns the plans identifier; idempotent."""
     import shutil
 
+    plans_name = TINY_RESENC_PLANS if residual_encoder else TINY_NETWORK_PLANS
     base = runner.preprocessed / dataset_name
-    target = base / f"{TINY_NETWORK_PLANS}.json"
+    target = base / f"{plans_name}.json"
     if target.is_file():
-        return TINY_NETWORK_PLANS
+        return plans_name
     plans = json.loads((base / "nnUNetPlans.json").read_text())
-    plans["plans_name"] = TINY_NETWORK_PLANS
+    plans["plans_name"] = plans_name
     configs = plans["configurations"]
     copied = "3d_fullres" if "3d_fullres" in configs else "2d"
     source_identifier = configs[copied]["data_identifier"]
     for name in [c for c in ("2d", "3d_fullres") if c in configs]:
-        configs[name] = _tiny_configuration(
-            configs[name], 2 if name == "2d" else 3, f"{TINY_NETWORK_PLANS}_{name}"
-        )
+        configs[name] = _tiny_configuration(configs[name], 2 if name == "2d" else 3, f"{plans_name}_{name}")
+        if residual_encoder:
+            configs[name] = _residual_encoder(configs[name])
     if "3d_fullres" in configs and "3d_lowres" not in configs:
-        lowres = _tiny_configuration(configs["3d_fullres"], 3, f"{TINY_NETWORK_PLANS}_3d_lowres", patch=16)
+        lowres = _tiny_configuration(configs["3d_fullres"], 3, f"{plans_name}_3d_lowres", patch=16)
         lowres["spacing"] = [2 * s for s in configs["3d_fullres"]["spacing"]]
         lowres["median_image_size_in_voxels"] = [
             round(m / 2) for m in configs["3d_fullres"]["median_image_size_in_voxels"]
@@ -306,20 +321,20 @@ def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(plans, indent=2))
     tmp.replace(target)
-    return TINY_NETWORK_PLANS
+    return plans_name
 
 
 def preprocess_tiny_network_configuration(
-    runner: ConsoleRunner, dataset_name: str, configuration: str
+    runner: ConsoleRunner, dataset_name: str, configuration: str, plans_name: str = TINY_NETWORK_PLANS
 ) -> None:
     """nnU-Net's ``nnUNetv2_preprocess`` of the labeled cases for ``configuration`` of the tiny-network plans
     (once; :func:`write_tiny_network_plans` first)."""
-    plans = json.loads((runner.preprocessed / dataset_name / f"{TINY_NETWORK_PLANS}.json").read_text())
+    plans = json.loads((runner.preprocessed / dataset_name / f"{plans_name}.json").read_text())
     folder = runner.preprocessed / dataset_name / plans["configurations"][configuration]["data_identifier"]
     if folder.is_dir() and any(folder.glob("*.b2nd")):
         return
     dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
-    runner("nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", TINY_NETWORK_PLANS, "-c", configuration,
+    runner("nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans_name, "-c", configuration,
            "-np", "1")  # fmt: skip
 
 
@@ -337,11 +352,12 @@ def dataset_of_trainer(trainer_class: type) -> tuple[str, str]:
 
 @pytest.fixture
 def tiny_network_trainer(request, monkeypatch, tmp_path):
-    """``build(name, configuration="3d_fullres", dataset=None)``: trainer ``name`` of ``nnunet_semisup.trainers``
+    """``build(name, configuration="3d_fullres", dataset=None, residual_encoder=False)``: trainer ``name`` of ``nnunet_semisup.trainers``
     built in this process as ``nnUNetv2_train`` builds it (CPU, fold 0, the tiny-network plans of its dataset,
     results under tmp_path, loaders in this process, schedule ``epochs=1,iters=2,val_iters=1``), not yet
     initialized. ``dataset``: (session fixture, dataset name) instead of :func:`dataset_of_trainer`'s; configurations
-    other than 3d_fullres are preprocessed on first use. WTA fine-tuning trainers get ``-pretrained_weights`` from
+    other than 3d_fullres are preprocessed on first use; ``residual_encoder``: the ResEnc presets' network class
+    (:data:`TINY_RESENC_PLANS`). WTA fine-tuning trainers get ``-pretrained_weights`` from
     a WTAPretrainTrainer checkpoint of the same plans and configuration, as in the documented workflow (``build``
     then initializes them and loads the weights)."""
     import torch
@@ -350,10 +366,15 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
 
     import nnunet_semisup.trainers as trainers
 
-    def build(name: str, configuration: str = "3d_fullres", dataset: tuple[str, str] | None = None):
+    def build(
+        name: str,
+        configuration: str = "3d_fullres",
+        dataset: tuple[str, str] | None = None,
+        residual_encoder: bool = False,
+    ):
         fixture, dataset_name = dataset or dataset_of_trainer(getattr(trainers, name))
         runner = request.getfixturevalue(fixture)
-        plans = write_tiny_network_plans(runner, dataset_name)
+        plans = write_tiny_network_plans(runner, dataset_name, residual_encoder)
         for key in ("nnUNet_raw", "nnUNet_preprocessed"):
             monkeypatch.setenv(key, runner.env[key])
         monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
@@ -362,9 +383,9 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
         dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
         trainer = get_trainer_from_args(dataset_id, configuration, 0, name, plans, device=torch.device("cpu"))
         if configuration != "3d_fullres":  # after construction, which refuses what a trainer cannot train on
-            preprocess_tiny_network_configuration(runner, dataset_name, configuration)
+            preprocess_tiny_network_configuration(runner, dataset_name, configuration, plans)
         if isinstance(trainer, trainers.WTAFinetuneTrainer):
-            pretrained = tmp_path / f"wta_pretrained_{configuration}.pth"
+            pretrained = tmp_path / f"wta_pretrained_{plans}_{configuration}.pth"
             if not pretrained.is_file():
                 torch.manual_seed(7)  # other weights than the fine-tuning's own initialization
                 pretraining = get_trainer_from_args(
