@@ -49,6 +49,8 @@ NETWORK_COPIES = {
     "BCP": 1.0,  # EMA teacher
     "SECL": 1.0,  # EMA teacher of the encoder (+ decoder with teacher pseudo-labels)
     "DualSubnet": 1.0,  # the second sub-network
+    "DTML": 1.0,  # the signed-distance network M_d beside the segmentation network M_s
+    "UniMatch": 1.0,  # FixMatch's EMA teacher
 }
 HEADS = 0.25  # extra heads: at most a quarter of the network
 REPRESENTATIVES = [
