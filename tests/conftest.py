@@ -313,6 +313,8 @@ def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str, residual_
         lowres["median_image_size_in_voxels"] = [
             round(m / 2) for m in configs["3d_fullres"]["median_image_size_in_voxels"]
         ]
+        if residual_encoder:
+            lowres = _residual_encoder(lowres)
         lowres["batch_dice"] = False
         lowres["next_stage"] = "3d_cascade_fullres"
         configs["3d_lowres"] = lowres
