@@ -35,22 +35,29 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
-from nnunet_semisup.data.unlabeled import find_unlabeled_cases, read_unlabeled_case
+from nnunet_semisup.data.unlabeled import find_unlabeled_cases, image_is_2d, read_unlabeled_case
 
 SEMISUP_FINGERPRINT_FILE = "dataset_fingerprint_semisup.json"
 
 
 def analyze_unlabeled_case(
-    case_id: str, image_files: list[str], reader_writer_class: type, dataset_json: dict
+    case_id: str,
+    image_files: list[str],
+    reader_writer_class: type,
+    dataset_json: dict,
+    dataset_is_2d: bool = False,
 ) -> tuple[list[float], list[int]]:
     """Spacing (mm) and shape after cropping to the nonzero region (voxels) of one unlabeled case, both in
     nnU-Net's axis order, computed as nnU-Net's ``DatasetFingerprintExtractor.analyze_case`` computes them for
     a labeled case (``crop_to_nonzero`` without a label map).
 
     Raises :class:`~nnunet_semisup.data.unlabeled.UnlabeledDataError` (naming the file and the fix) for an
-    image that cannot be read or fails the checks of :func:`~nnunet_semisup.data.unlabeled.read_unlabeled_case`.
+    image that cannot be read or fails the checks of :func:`~nnunet_semisup.data.unlabeled.read_unlabeled_case`
+    (``dataset_is_2d``: the labeled images are 2D, so the unlabeled ones must be).
     """
-    images, properties = read_unlabeled_case(case_id, image_files, reader_writer_class, dataset_json)
+    images, properties = read_unlabeled_case(
+        case_id, image_files, reader_writer_class, dataset_json, dataset_is_2d
+    )
     cropped, _, _ = crop_to_nonzero(images)
     return [float(s) for s in properties["spacing"]], [int(s) for s in cropped.shape[1:]]
 
@@ -106,11 +113,12 @@ class SemiSupervisedFingerprintExtractor(DatasetFingerprintExtractor):
         if not self.unlabeled_cases:
             return []
         # the reader nnU-Net picks for the labeled images, which the plans then name for all images
-        reader_writer_class = determine_reader_writer_from_dataset_json(
-            self.dataset_json, next(iter(self.dataset.values()))["images"][0]
-        )
+        first_labeled = next(iter(self.dataset.values()))["images"]
+        reader_writer_class = determine_reader_writer_from_dataset_json(self.dataset_json, first_labeled[0])
+        # unlabeled images must have the labeled images' dimensionality (2D datasets: 2D files or 1-slice 999)
+        dataset_is_2d = image_is_2d(reader_writer_class().read_images(first_labeled)[1])
         args = [
-            (case_id, files, reader_writer_class, self.dataset_json)
+            (case_id, files, reader_writer_class, self.dataset_json, dataset_is_2d)
             for case_id, files in self.unlabeled_cases.items()
         ]
         if self.num_processes <= 1 or len(args) == 1:

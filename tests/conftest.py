@@ -3,6 +3,7 @@ scripts (``nnUNetv2_*`` and ``nnunet-semisup``) of the virtualenv that runs the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -250,39 +251,93 @@ def wta_pretrained(tiny_dataset, tmp_path_factory) -> tuple[Path, dict]:
 TINY_NETWORK_PLANS = "nnUNetPlansTinyNet"
 
 
-def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str) -> str:
-    """Plans ``nnUNetPlansTinyNet`` for a planned dataset: its ``nnUNetPlans`` with 3d_fullres shrunk to a 16^3
-    patch and a 3-stage U-Net of 4, 8, 16 features (a few milliseconds per step, also under bfloat16 autocast on
-    CPU), under its own data identifier (the preprocessed labeled cases are copied there; unlabeled cases are
-    preprocessed on demand, so the default plans' folders are never rewritten). Returns the plans identifier;
-    idempotent."""
-    import json
+TINY_ARCH_STAGES = {"n_stages": 3, "features_per_stage": [4, 8, 16], "n_conv_per_stage": [1, 1, 1],
+                    "n_conv_per_stage_decoder": [1, 1]}  # fmt: skip
+
+
+def _tiny_configuration(config: dict, dims: int, identifier: str, patch: int = 16) -> dict:
+    """``config`` shrunk to a ``patch``^dims patch and a 3-stage U-Net of 4, 8, 16 features."""
+    config = json.loads(json.dumps(config))
+    config["data_identifier"] = identifier
+    config["patch_size"] = [patch] * dims
+    config["architecture"]["arch_kwargs"].update(
+        TINY_ARCH_STAGES,
+        kernel_sizes=[[3] * dims] * 3,
+        strides=[[1] * dims, [2] * dims, [2] * dims],
+    )
+    return config
+
+
+TINY_RESENC_PLANS = "nnUNetResEncPlansTinyNet"
+
+
+def _residual_encoder(config: dict) -> dict:
+    """A tiny configuration with nnU-Net's ResEnc presets' network class, ``ResidualEncoderUNet`` (1, 2, 2 residual
+    blocks per stage, one convolution per decoder stage, as the presets)."""
+    arch = config["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kwargs = arch["arch_kwargs"]
+    kwargs.pop("n_conv_per_stage", None)
+    kwargs.update(n_blocks_per_stage=[1, 2, 2], n_conv_per_stage_decoder=[1, 1])
+    return config
+
+
+def write_tiny_network_plans(runner: ConsoleRunner, dataset_name: str, residual_encoder: bool = False) -> str:
+    """Plans ``nnUNetPlansTinyNet`` for a planned dataset: its ``nnUNetPlans`` with every configuration shrunk to
+    a 16^3 (16^2 for ``2d``) patch and a 3-stage U-Net of 4, 8, 16 features (a few milliseconds per step, also under
+    bfloat16 autocast on CPU), under their own data identifiers (the preprocessed labeled cases of 3d_fullres, or
+    of 2d for a 2D dataset, are copied there; other configurations are preprocessed on demand by
+    :func:`preprocess_tiny_network_configuration`; unlabeled cases are preprocessed on demand, so the default
+    plans' folders are never rewritten). A 3D dataset also gets a ``2d`` configuration and nnU-Net's low-resolution
+    pair ``3d_lowres`` (spacing x2, ``next_stage`` ``3d_cascade_fullres``) + ``3d_cascade_fullres``, which the tiny
+    images are too small to get from the planner. Returns the plans identifier; idempotent."""
     import shutil
 
+    plans_name = TINY_RESENC_PLANS if residual_encoder else TINY_NETWORK_PLANS
     base = runner.preprocessed / dataset_name
-    target = base / f"{TINY_NETWORK_PLANS}.json"
+    target = base / f"{plans_name}.json"
     if target.is_file():
-        return TINY_NETWORK_PLANS
+        return plans_name
     plans = json.loads((base / "nnUNetPlans.json").read_text())
-    plans["plans_name"] = TINY_NETWORK_PLANS
-    config = plans["configurations"]["3d_fullres"]
-    source_identifier = config["data_identifier"]
-    config["data_identifier"] = f"{TINY_NETWORK_PLANS}_3d_fullres"
-    config["patch_size"] = [16, 16, 16]
-    arch = config["architecture"]["arch_kwargs"]
-    arch.update(
-        n_stages=3,
-        features_per_stage=[4, 8, 16],
-        kernel_sizes=[[3, 3, 3]] * 3,
-        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        n_conv_per_stage=[1, 1, 1],
-        n_conv_per_stage_decoder=[1, 1],
-    )
-    shutil.copytree(base / source_identifier, base / config["data_identifier"], dirs_exist_ok=True)
+    plans["plans_name"] = plans_name
+    configs = plans["configurations"]
+    copied = "3d_fullres" if "3d_fullres" in configs else "2d"
+    source_identifier = configs[copied]["data_identifier"]
+    for name in [c for c in ("2d", "3d_fullres") if c in configs]:
+        configs[name] = _tiny_configuration(configs[name], 2 if name == "2d" else 3, f"{plans_name}_{name}")
+        if residual_encoder:
+            configs[name] = _residual_encoder(configs[name])
+    if "3d_fullres" in configs and "3d_lowres" not in configs:
+        lowres = _tiny_configuration(configs["3d_fullres"], 3, f"{plans_name}_3d_lowres", patch=16)
+        lowres["spacing"] = [2 * s for s in configs["3d_fullres"]["spacing"]]
+        lowres["median_image_size_in_voxels"] = [
+            round(m / 2) for m in configs["3d_fullres"]["median_image_size_in_voxels"]
+        ]
+        if residual_encoder:
+            lowres = _residual_encoder(lowres)
+        lowres["batch_dice"] = False
+        lowres["next_stage"] = "3d_cascade_fullres"
+        configs["3d_lowres"] = lowres
+        configs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    shutil.copytree(base / source_identifier, base / configs[copied]["data_identifier"], dirs_exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(plans, indent=2))
     tmp.replace(target)
-    return TINY_NETWORK_PLANS
+    return plans_name
+
+
+def preprocess_tiny_network_configuration(
+    runner: ConsoleRunner, dataset_name: str, configuration: str, plans_name: str = TINY_NETWORK_PLANS
+) -> None:
+    """nnU-Net's ``nnUNetv2_preprocess`` of the labeled cases for ``configuration`` of the tiny-network plans
+    (once; :func:`write_tiny_network_plans` first)."""
+    plans = json.loads((runner.preprocessed / dataset_name / f"{plans_name}.json").read_text())
+    folder = runner.preprocessed / dataset_name / plans["configurations"][configuration]["data_identifier"]
+    if folder.is_dir() and any(folder.glob("*.b2nd")):
+        return
+    dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
+    runner("nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans_name, "-c", configuration,
+           "-np", "1")  # fmt: skip
 
 
 def dataset_of_trainer(trainer_class: type) -> tuple[str, str]:
@@ -299,34 +354,44 @@ def dataset_of_trainer(trainer_class: type) -> tuple[str, str]:
 
 @pytest.fixture
 def tiny_network_trainer(request, monkeypatch, tmp_path):
-    """``build(name)``: trainer ``name`` of ``nnunet_semisup.trainers`` built in this process as ``nnUNetv2_train``
-    builds it (CPU, fold 0, the tiny-network plans of its dataset, results under tmp_path, loaders in this
-    process, schedule ``epochs=1,iters=2,val_iters=1``), not yet initialized. WTA fine-tuning trainers get
-    ``-pretrained_weights`` from a WTAPretrainTrainer checkpoint of the same plans, as in the documented
-    workflow (``build`` then initializes them and loads the weights)."""
+    """``build(name, configuration="3d_fullres", dataset=None, residual_encoder=False)``: trainer ``name`` of ``nnunet_semisup.trainers``
+    built in this process as ``nnUNetv2_train`` builds it (CPU, fold 0, the tiny-network plans of its dataset,
+    results under tmp_path, loaders in this process, schedule ``epochs=1,iters=2,val_iters=1``), not yet
+    initialized. ``dataset``: (session fixture, dataset name) instead of :func:`dataset_of_trainer`'s; configurations
+    other than 3d_fullres are preprocessed on first use; ``residual_encoder``: the ResEnc presets' network class
+    (:data:`TINY_RESENC_PLANS`). WTA fine-tuning trainers get ``-pretrained_weights`` from
+    a WTAPretrainTrainer checkpoint of the same plans and configuration, as in the documented workflow (``build``
+    then initializes them and loads the weights)."""
     import torch
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.run.run_training import get_trainer_from_args
 
     import nnunet_semisup.trainers as trainers
 
-    def build(name: str):
-        fixture, dataset_name = dataset_of_trainer(getattr(trainers, name))
+    def build(
+        name: str,
+        configuration: str = "3d_fullres",
+        dataset: tuple[str, str] | None = None,
+        residual_encoder: bool = False,
+    ):
+        fixture, dataset_name = dataset or dataset_of_trainer(getattr(trainers, name))
         runner = request.getfixturevalue(fixture)
-        plans = write_tiny_network_plans(runner, dataset_name)
+        plans = write_tiny_network_plans(runner, dataset_name, residual_encoder)
         for key in ("nnUNet_raw", "nnUNet_preprocessed"):
             monkeypatch.setenv(key, runner.env[key])
         monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
         monkeypatch.setenv("nnUNet_n_proc_DA", "0")
         monkeypatch.setenv("nnUNet_semisup_schedule", "epochs=1,iters=2,val_iters=1")
         dataset_id = dataset_name[len("Dataset") : len("Dataset") + 3]
-        trainer = get_trainer_from_args(dataset_id, "3d_fullres", 0, name, plans, device=torch.device("cpu"))
+        trainer = get_trainer_from_args(dataset_id, configuration, 0, name, plans, device=torch.device("cpu"))
+        if configuration != "3d_fullres":  # after construction, which refuses what a trainer cannot train on
+            preprocess_tiny_network_configuration(runner, dataset_name, configuration, plans)
         if isinstance(trainer, trainers.WTAFinetuneTrainer):
-            pretrained = tmp_path / "wta_pretrained.pth"
+            pretrained = tmp_path / f"wta_pretrained_{plans}_{configuration}.pth"
             if not pretrained.is_file():
                 torch.manual_seed(7)  # other weights than the fine-tuning's own initialization
                 pretraining = get_trainer_from_args(
-                    dataset_id, "3d_fullres", 0, "WTAPretrainTrainer", plans, device=torch.device("cpu")
+                    dataset_id, configuration, 0, "WTAPretrainTrainer", plans, device=torch.device("cpu")
                 )
                 pretraining.initialize()
                 pretraining.save_checkpoint(str(pretrained))
@@ -341,3 +406,42 @@ def tiny_network_trainer(request, monkeypatch, tmp_path):
 def tiny_dataset_tiny_network(tiny_dataset) -> tuple[ConsoleRunner, str]:
     """Dataset501_Tiny with its tiny-network plans (:func:`write_tiny_network_plans`): (runner, plans identifier)."""
     return tiny_dataset, write_tiny_network_plans(tiny_dataset, TINY_DATASET_NAME)
+
+
+TINY_2D_ID = 530
+TINY_2D_NAME = "Dataset530_Tiny2D"
+
+
+@pytest.fixture(scope="session")
+def tiny_2d_dataset(tmp_path_factory) -> ConsoleRunner:
+    """Dataset530_Tiny2D, a native 2D dataset: 6 labeled and 3 unlabeled 32x32 grey ``.png`` images (nnU-Net's
+    ``NaturalImage2DIO``; middle slices of the synthetic cases, labels 0-2), planned and preprocessed with
+    ``nnUNetv2_plan_and_preprocess -c 2d``."""
+    import numpy as np
+    from PIL import Image
+
+    from nnunet_semisup.data.synthetic import _make_case
+
+    root = tmp_path_factory.mktemp("nnunet2d")
+    runner = ConsoleRunner(_base_env(root), root)
+    raw = runner.raw / TINY_2D_NAME
+    for folder in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+        (raw / folder).mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(9):
+        image, label = _make_case(rng, (32, 32, 32))
+        image, label = image[16], label[16]
+        grey = np.clip((image - image.min()) / (np.ptp(image) + 1e-6) * 255, 0, 255).astype(np.uint8)
+        folder = "imagesTr" if i < 6 else "imagesUnlabeled"
+        Image.fromarray(grey).save(raw / folder / f"case{i:02d}_0000.png")
+        if i < 6:
+            Image.fromarray(label.astype(np.uint8)).save(raw / "labelsTr" / f"case{i:02d}.png")
+    dataset = {
+        "channel_names": {"0": "grey"},
+        "labels": {"background": 0, "ellipse": 1, "blob": 2},
+        "numTraining": 6,
+        "file_ending": ".png",
+    }
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    runner("nnUNetv2_plan_and_preprocess", "-d", str(TINY_2D_ID), "-c", "2d", "-np", "1")
+    return runner

@@ -751,3 +751,71 @@ def test_unlabeled_copy_of_a_test_or_labeled_image_is_warned_about_loudly(ds):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run(ds).processed == []
+
+
+# --- dimensionality: 2D datasets take 2D unlabeled images, 3D datasets 3D ones ---------------------------------
+def _one_slice_nifti(path, seed: int) -> str:
+    """nnU-Net's convention for 2D data in a 3D format: one slice, spacing 999 along the slice axis."""
+    return write_image(path, random_image(seed, (1, 24, 20)), spacing=(1.0, 1.0, 999.0))
+
+
+def _png(path, seed: int) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 20), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["one-slice NIfTI, spacing 999", "2D NIfTI", "png"])
+def test_2d_images_are_read_in_2d_datasets_as_nnunet_reads_them(tmp_path, kind):
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_semisup.data.unlabeled import image_is_2d, read_unlabeled_case
+
+    if kind == "png":
+        path, reader, dataset_json = (
+            _png(tmp_path / "u_0000.png", 0),
+            NaturalImage2DIO,
+            {
+                **DATASET_JSON,
+                "file_ending": ".png",
+            },
+        )
+    elif kind == "2D NIfTI":
+        path = write_image(tmp_path / "u_0000.nii.gz", random_image(0, (24, 20)))
+        reader, dataset_json = SimpleITKIO, DATASET_JSON
+    else:
+        path, reader, dataset_json = (
+            _one_slice_nifti(tmp_path / "u_0000.nii.gz", 0),
+            SimpleITKIO,
+            DATASET_JSON,
+        )
+    data, properties = read_unlabeled_case("u", [path], reader, dataset_json, dataset_is_2d=True)
+    labeled_data, labeled_properties = reader().read_images([path])  # what nnU-Net makes of a labeled one
+    assert data.shape == labeled_data.shape and data.shape[:2] == (1, 1)
+    assert tuple(properties["spacing"]) == tuple(labeled_properties["spacing"]) and image_is_2d(properties)
+    # the same file in a 3D dataset: refused, saying what it is and what the dataset needs
+    with pytest.raises(UnlabeledDataError, match=r"is a 2D image .*but the dataset's images are 3D") as error:
+        read_unlabeled_case("u", [path], reader, dataset_json, dataset_is_2d=False)
+    assert path in str(error.value) and "Store the whole 3D volume" in str(error.value)
+
+
+def test_3d_volume_in_a_2d_dataset_error_names_the_file(tmp_path):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_semisup.data.unlabeled import read_unlabeled_case
+
+    path = write_image(tmp_path / "vol_0000.nii.gz", random_image(0))
+    with pytest.raises(
+        UnlabeledDataError, match=r"is a 3D image of shape .*but the dataset's images are 2D"
+    ) as e:
+        read_unlabeled_case("vol", [path], SimpleITKIO, DATASET_JSON, dataset_is_2d=True)
+    assert path in str(e.value) and "spacing 999" in str(e.value)
+
+
+def test_plans_of_a_2d_dataset_are_recognised(ds):
+    from nnunet_semisup.data.unlabeled import plans_are_2d
+
+    assert not plans_are_2d(ds.plans)
+    assert plans_are_2d({**ds.plans, "original_median_spacing_after_transp": [999.0, 1.0, 1.0]})

@@ -168,3 +168,39 @@ def test_gaussian_patch_centres_around_the_image_centre():
     # the box never leaves nnU-Net's bounds
     lower, _ = zip(*(gaussian_centre_bbox((20, 20), (16, 16), [0, 0], [4, 4], rng=rng) for _ in range(200)))
     assert all(0 <= v <= 4 for box in lower for v in box)
+
+
+def test_decoder_kernel_is_the_receptive_field_within_the_encoder_stage_budget():
+    from nnunet_semisup.trainers.wta.autoencoder import decoder_kernel_size, encoder_level_weights
+
+    # fits: the receptive field itself
+    assert decoder_kernel_size([7, 7, 7], [2, 2, 2], 4, 2, budget=4 * 2 * 343) == [7, 7, 7]
+    # over budget: largest axes shrink by 2 in turn, odd sizes, never below the stride's footprint
+    assert decoder_kernel_size([7, 7, 7], [2, 2, 2], 4, 2, budget=4 * 2 * 125) == [5, 5, 5]
+    assert decoder_kernel_size([1, 9, 7], [1, 2, 2], 4, 2, budget=4 * 2 * 50) == [1, 7, 7]
+    assert decoder_kernel_size([47, 47, 47], [2, 2, 2], 320, 320, budget=1) == [3, 3, 3]
+    assert decoder_kernel_size([5, 5], [1, 1], 320, 320, budget=1) == [1, 1]
+    # the budget: the stage's convolutions (first one from the level input, the rest within the level)
+    assert encoder_level_weights(PLAIN_ARCH, 1, 4) == 4 * 8 * 27 + 8 * 8 * 27
+
+
+def test_wta_decoders_of_residual_encoder_presets_stay_within_their_encoder_stages():
+    """nnU-Net's ResEnc presets (32-320 features, 1, 3, 4, 6, 6, 6 blocks): receptive-field kernels would need
+    about 23 billion weights; every decoder now has at most its stage's encoder weights."""
+    from nnunet_semisup.trainers.wta.autoencoder import encoder_level_weights
+
+    arch = {
+        "features_per_stage": [32, 64, 128, 256, 320, 320],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 6,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5,
+        "n_blocks_per_stage": [1, 3, 4, 6, 6, 6],
+    }
+    with torch.device("meta"):  # shapes only, no memory
+        heads = wta_heads_for_plans(arch, 1, 6)
+    inputs = [1, 32, 64, 128, 256, 320]
+    for level, decoder in enumerate(heads.decoders):
+        weights = decoder.conv.weight.numel()
+        assert weights <= encoder_level_weights(arch, level, inputs[level])
+        assert all(k % 2 == 1 and k >= 3 for k in decoder.conv.kernel_size)
+    assert sum(p.numel() for p in heads.parameters()) < 60_000_000

@@ -256,6 +256,8 @@ class SemiSupervisedTrainer(
     - ``max_consecutive_nonfinite_steps``: a step whose loss is NaN/inf is skipped (no backward, no optimizer
       or EMA step) with a warning; this many in a row abort the run before weights are corrupted.
     - ``cpu_mixed_precision``: see :class:`MixedPrecisionMixin`.
+    - ``requires_3d_volumes``: empty for methods that train on every configuration (2d, 3d_fullres, 3d_lowres, 2D
+      datasets); otherwise the reason the method is 3D by definition, and 2D configurations are refused.
 
     Honours ``nnUNet_semisup_schedule`` (see :mod:`nnunet_semisup.schedules`).
     """
@@ -265,6 +267,8 @@ class SemiSupervisedTrainer(
     rampup_fraction: float = 1.0
     semisup_log_keys: tuple[str, ...] = ()
     max_consecutive_nonfinite_steps: int = 20
+    # "" = any configuration; otherwise why the method needs 3D patches (it then refuses 2D ones at construction)
+    requires_3d_volumes: str = ""
     # places the unlabeled patches (uniformly at random; a subclass may bias the placement)
     unlabeled_loader_class: type = UnlabeledDataLoader
     # augment unlabeled patches without resampling their (unused) segmentation: the same images, about half the
@@ -295,7 +299,20 @@ class SemiSupervisedTrainer(
             else None
         )
         self.logger.local_logger = SemiSupLocalLogger(self.semisup_log_keys)
+        self.check_configuration()
         self.on_init()
+
+    def check_configuration(self) -> None:
+        """Refuse, before anything is built or written, a configuration the method is not defined on: with
+        ``requires_3d_volumes`` a 2D patch (the ``2d`` configuration of any dataset, every configuration of a
+        2D dataset). Raises RuntimeError naming the trainer, the configuration, the reason and what to run."""
+        if self.requires_3d_volumes and len(self.configuration_manager.patch_size) != 3:
+            raise RuntimeError(
+                f"{self.__class__.__name__} is defined on 3D volumes ({self.requires_3d_volumes}), but "
+                f"configuration {self.configuration_name!r} of {self.plans_manager.dataset_name} trains on 2D "
+                f"patches. Train it with 3d_fullres (or 3d_lowres) of a 3D dataset; docs/user_guide.md "
+                f"('Supported configurations') lists what runs where."
+            )
 
     def on_init(self) -> None:
         """Called at the end of ``__init__``, with the plans, the schedule and the logger set up: check the
@@ -455,12 +472,54 @@ class SemiSupervisedTrainer(
             find_unused_parameters=find_unused_parameters,
         )
 
+    # ------------------------------------------------------------------ extra modules
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules the method holds besides the segmentation network (teachers, heads, decoders, second
+        networks), by attribute name, unwrapped from DDP/``torch.compile``: every ``torch.nn.Module`` attribute of
+        the trainer except ``network`` and the loss, each once."""
+        network = unwrap_network(self.network) if self.network is not None else None
+        found: dict[str, torch.nn.Module] = {}
+        seen = {id(network), id(getattr(self, "loss", None))}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module):
+                module = unwrap_network(value)
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    found[name] = module
+        return found
+
+    def extra_parameter_count(self) -> tuple[int, int]:
+        """(parameters of the extra modules not shared with the segmentation network, parameters of the
+        segmentation network). Shared parameters (a step module holding the network's encoder) count once, as
+        the network's; an EMA teacher is a copy and counts in full."""
+        network = unwrap_network(self.network)
+        own = {id(p) for p in network.parameters()}
+        extra: dict[int, int] = {}
+        for module in self.extra_modules().values():
+            for p in module.parameters():
+                if id(p) not in own:
+                    extra[id(p)] = p.numel()
+        return sum(extra.values()), sum(p.numel() for p in network.parameters())
+
+    def log_extra_parameters(self) -> None:
+        """One log line with the size of the method's extra modules next to the segmentation network's."""
+        extra, network = self.extra_parameter_count()
+        if extra:
+            names = ", ".join(
+                name for name, m in self.extra_modules().items() if any(True for _ in m.parameters())
+            )
+            self.print_to_log_file(
+                f"extra modules: {extra:,} parameters ({100 * extra / max(network, 1):.1f} % of the segmentation "
+                f"network's {network:,}; {names})"
+            )
+
     # ------------------------------------------------------------------ training loop hooks
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
         if self.local_rank == 0:
             remove_stale_checkpoint_temporaries(self.output_folder, self.print_to_log_file)
+            self.log_extra_parameters()
         if self.uses_unlabeled_data:
             self.prepare_unlabeled_data()
         super().on_train_start()

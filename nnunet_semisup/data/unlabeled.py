@@ -163,28 +163,49 @@ def _case_files(folder: str, case_id: str) -> list[str]:
     return [os.path.join(folder, case_id + suffix) for suffix in (".b2nd", "_seg.b2nd", ".pkl")]
 
 
-def _check_image(path_hint: str, data: np.ndarray, properties: dict, dataset_json: dict) -> None:
+def image_is_2d(properties: dict) -> bool:
+    """Whether nnU-Net's reader read a 2D image: a 2D file (``sitk_stuff`` spacing of length 2; ``.png`` and other
+    ``NaturalImage2DIO`` files) or nnU-Net's 1-slice convention for 2D data in 3D formats (spacing 999 along the
+    slice axis). Either way nnU-Net stores it as (C, 1, x, y) with spacing (999, sx, sy)."""
+    original_spacing = properties.get("sitk_stuff", {}).get("spacing", properties.get("spacing", ()))
+    return len(original_spacing) == 2 or 999 in tuple(properties.get("spacing", ()))
+
+
+def plans_are_2d(plans: dict) -> bool:
+    """Whether planned dataset's images are 2D (nnU-Net's mark: spacing 999 in the plans' median spacing)."""
+    return 999 in tuple(plans.get("original_median_spacing_after_transp", ()))
+
+
+def _check_image(
+    path_hint: str, data: np.ndarray, properties: dict, dataset_json: dict, dataset_is_2d: bool = False
+) -> None:
     num_channels = len(dataset_json["channel_names"])
+    kind = "2D" if dataset_is_2d else "3D"
     if data.ndim != 4 or data.shape[0] != num_channels:
         raise UnlabeledDataError(
             f"{path_hint}: read as array of shape {tuple(data.shape)} (channels, x, y, z), but the dataset has "
-            f"{num_channels} channel(s) of 3D images. Store one 3D image per channel file (CASE_0000, CASE_0001, "
-            f"...), as in imagesTr."
+            f"{num_channels} channel(s) of {kind} images. Store one {kind} image per channel file (CASE_0000, "
+            f"CASE_0001, ...), as in imagesTr."
         )
     if data.size == 0 or min(data.shape[1:]) == 0:
         raise UnlabeledDataError(f"{path_hint}: image has no voxels (shape {tuple(data.shape[1:])}).")
-    original_spacing = properties.get("sitk_stuff", {}).get("spacing", properties.get("spacing", ()))
-    if len(original_spacing) != 3 or 999 in properties.get(
-        "spacing", ()
-    ):  # 999: nnU-Net's mark of a 2D image
-        raise UnlabeledDataError(
-            f"{path_hint}: is a {len(original_spacing)}D image, but the dataset's images are 3D. Store the "
-            f"whole 3D volume, as in imagesTr."
+    is_2d = image_is_2d(properties) and data.shape[1] == 1
+    if is_2d != dataset_is_2d:
+        found = (
+            "a 2D image (a 2D file, or one slice with spacing 999: nnU-Net's mark of 2D data)"
+            if is_2d
+            else f"a 3D image of shape {tuple(data.shape[1:])}"
         )
+        fix = (
+            "Store each 2D image as imagesTr stores them (same file format; one slice with spacing 999 for NIfTI)"
+            if dataset_is_2d
+            else "Store the whole 3D volume, as in imagesTr"
+        )
+        raise UnlabeledDataError(f"{path_hint}: is {found}, but the dataset's images are {kind}. {fix}.")
     spacing = np.asarray(properties.get("spacing", ()), dtype=float)
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise UnlabeledDataError(
-            f"{path_hint}: invalid voxel spacing {properties.get('spacing')}. Write the image with a valid 3D "
+            f"{path_hint}: invalid voxel spacing {properties.get('spacing')}. Write the image with a valid "
             f"spacing (the header of imagesTr images shows what is expected)."
         )
     if not np.all(np.isfinite(data)):
@@ -223,14 +244,20 @@ def _check_nifti_header_spacing(path: str) -> None:
 
 
 def read_unlabeled_case(
-    case_id: str, image_files: list[str], reader_writer_class: type, dataset_json: dict
+    case_id: str,
+    image_files: list[str],
+    reader_writer_class: type,
+    dataset_json: dict,
+    dataset_is_2d: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Read one unlabeled case with nnU-Net's reader and check it.
 
-    Returns the image, shape (C, x, y, z) in nnU-Net's axis order, and the reader's properties (``spacing`` in
-    mm, same axis order). Raises :class:`UnlabeledDataError`, naming the file and the fix, for an unreadable
-    file, a wrong channel count, a 2D image, an invalid or missing (NIfTI pixdim 0) spacing, NaN/inf values, or
-    a label map put among the images.
+    Returns the image, shape (C, x, y, z) in nnU-Net's axis order ((C, 1, x, y) for 2D images, as nnU-Net reads
+    labeled 2D images), and the reader's properties (``spacing`` in mm, same axis order). ``dataset_is_2d``: the
+    dataset's labeled images are 2D (:func:`plans_are_2d`, :func:`image_is_2d`); unlabeled images must then be 2D
+    too, and 3D otherwise. Raises :class:`UnlabeledDataError`, naming the file and the fix, for an unreadable
+    file, a wrong channel count, an image of the other dimensionality, an invalid or missing (NIfTI pixdim 0)
+    spacing, NaN/inf values, or a label map put among the images.
     """
     hint = image_files[0] if len(image_files) == 1 else f"unlabeled case {case_id!r} ({image_files})"
     try:
@@ -240,7 +267,7 @@ def read_unlabeled_case(
             f"{hint}: could not read the image ({type(e).__name__}: {e}). Check that the file is a valid "
             f"{dataset_json['file_ending']} image (open it in a viewer) or remove it."
         ) from None
-    _check_image(hint, np.asarray(data), properties, dataset_json)
+    _check_image(hint, np.asarray(data), properties, dataset_json, dataset_is_2d)
     for path in image_files:
         _check_nifti_header_spacing(path)
     return data, properties
@@ -261,7 +288,7 @@ def _preprocess_case(
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     data, properties = read_unlabeled_case(
-        case_id, image_files, plans_manager.image_reader_writer_class, dataset_json
+        case_id, image_files, plans_manager.image_reader_writer_class, dataset_json, plans_are_2d(plans)
     )
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, seg, properties = preprocessor.run_case_npy(

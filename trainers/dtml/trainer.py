@@ -131,7 +131,9 @@ class DTMLTrainer(SemiSupervisedTrainer):
         if self.uses_sdm_loss_mask:
             loss_dist = loss_dist + self.sdm_mask_loss(sdm_prediction[:n_labeled], masks, valid)
         if self.uses_sdm_loss_dis:
-            sdm_target = signed_distance_map(masks, spacing=self.configuration_manager.spacing)
+            # per 2D image on 2D patches (2d configurations: the in-plane spacing), per volume on 3D ones
+            spacing = self.configuration_manager.spacing
+            sdm_target = signed_distance_map(masks, spatial_dims=len(spacing), spacing=spacing)
             loss_dist = loss_dist + self.sdm_dis_weight * self.sdm_regression_loss(
                 sdm_prediction[:n_labeled], sdm_target, valid
             )

@@ -92,6 +92,13 @@ class SECLTrainer(SemiSupervisedTrainer):
     pseudo_labels_at_half_resolution: bool = True  # cube centres need no full-resolution map; see README
     semisup_log_keys = ("loss_sup", "loss_contrast", "contrast_weight", "cubes_anchored")
 
+    def planar_region_grid(self, ndim: int) -> tuple[int, ...]:
+        """``region_grid`` for patches of ``ndim`` axes: as given when it has one entry per axis; the 3D default's
+        last ``ndim`` entries for 2D patches (nnU-Net's 2D patches are the last two axes of the volume: the
+        paper's cubes and regions become squares, which is all RACS needs)."""
+        grid = (self.region_grid,) * ndim if isinstance(self.region_grid, int) else tuple(self.region_grid)
+        return grid[-ndim:] if len(grid) > ndim else grid
+
     def initialize(self) -> None:
         if self.sampling not in ("anatomical", "region"):
             raise ValueError(
@@ -122,7 +129,9 @@ class SECLTrainer(SemiSupervisedTrainer):
         total_strides = torch.tensor(student.encoder.strides).prod(dim=0).tolist()
         minimum = minimum_crop_size(total_strides, patch_size)
         self.cube_shape = effective_cube_size(self.cube_size, patch_size, minimum)
-        self.region_grid_shape = fit_region_grid(self.region_grid, patch_size, minimum)
+        self.region_grid_shape = fit_region_grid(
+            self.planar_region_grid(len(patch_size)), patch_size, minimum
+        )
         self.foreground_classes = (
             list(self.label_manager.regions_class_order)
             if self.label_manager.has_regions

@@ -53,6 +53,10 @@ class SelfTrainingMetaTrainer(SemiSupervisedTrainer):
 
     uses_unlabeled_data = False
     stage1_fraction: float = 0.5
+    requires_3d_volumes = (
+        "the meta model learns from the sparsification cascade's four pseudo-label sets, a 3D model's and the 2D "
+        "models' along the xy, xz and yz planes of 3D volumes"
+    )
     semisup_log_keys = ("stage", "set_3d", "set_xy", "set_xz", "set_yz")
 
     def on_init(self) -> None:

@@ -75,6 +75,16 @@ class SliceWiseNetwork(nn.Module):
         return out.reshape(b, d, *out.shape[1:]).movedim(1, axis)
 
 
+def plain_convs_per_stage(arch_kwargs: dict) -> list[int] | int:
+    """Convolutions per encoder stage of the cascade's plain U-Nets: the plans' ``n_conv_per_stage``
+    (``PlainConvUNet`` plans), or nnU-Net's default of 2 per stage for residual-encoder plans (ResEnc presets:
+    ``n_blocks_per_stage``), whose stages, features, kernels and strides are kept. Zheng et al.'s base and meta
+    models are plain U-Nets; residual blocks are not part of the method."""
+    if "n_conv_per_stage" in arch_kwargs:
+        return arch_kwargs["n_conv_per_stage"]
+    return [2] * int(arch_kwargs["n_stages"])
+
+
 def plainconv_unet_2d(arch_kwargs: dict, input_channels: int, num_classes: int, deep_supervision: bool):
     """A 2D ``PlainConvUNet`` with the 3D plans' stages, features and convolutions per stage.
 
@@ -89,7 +99,7 @@ def plainconv_unet_2d(arch_kwargs: dict, input_channels: int, num_classes: int, 
         conv_op=nn.Conv2d,
         kernel_sizes=[[3, 3]] * arch_kwargs["n_stages"],
         strides=strides,
-        n_conv_per_stage=arch_kwargs["n_conv_per_stage"],
+        n_conv_per_stage=plain_convs_per_stage(arch_kwargs),
         n_conv_per_stage_decoder=arch_kwargs["n_conv_per_stage_decoder"],
         conv_bias=arch_kwargs.get("conv_bias", True),
         norm_op=nn.InstanceNorm2d,
@@ -103,7 +113,8 @@ def plainconv_unet_2d(arch_kwargs: dict, input_channels: int, num_classes: int, 
 
 
 class YShapedUNet(nn.Module):
-    """Image encoder + A(Y^) encoder (same stages as the plans' PlainConvUNet), skips summed, one decoder.
+    """Image encoder + A(Y^) encoder (same stages as the plans' PlainConvUNet; plain stages of the ResEnc plans'
+    layout, :func:`plain_convs_per_stage`), skips summed, one decoder.
 
     Input (B, C_img + K + S, *spatial): image channels, K probability channels of A(Y^), S pseudo-label
     channels (ignored here). Output (B, K, *spatial) logits (a list per scale with deep supervision).
@@ -114,8 +125,9 @@ class YShapedUNet(nn.Module):
         self.image_channels = image_channels
         self.num_classes = num_classes
         enc = {k: arch_kwargs[k] for k in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides",
-                                           "n_conv_per_stage", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
+                                           "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
                                            "dropout_op_kwargs", "nonlin", "nonlin_kwargs")}  # fmt: skip
+        enc["n_conv_per_stage"] = plain_convs_per_stage(arch_kwargs)  # plain stages also on ResEnc plans
         self.encoder = PlainConvEncoder(image_channels, return_skips=True, **enc)
         self.aux_encoder = PlainConvEncoder(num_classes, return_skips=True, **enc)
         self.decoder = UNetDecoder(self.encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], False)

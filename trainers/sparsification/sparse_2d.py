@@ -39,6 +39,10 @@ class SparseMultiPlane2DTrainer(SemiSupervisedTrainer):
 
     uses_unlabeled_data = False
     batch_size_2d: int = 16
+    requires_3d_volumes = (
+        "its 2D network is trained on slices of the 3D volumes along the xy, xz and yz planes, and the cascade's "
+        "pseudo-labels fuse those three planes with a 3D model"
+    )
     planes: tuple[str, ...] = PLANES
     # slices sampled: at least this share of their voxels annotated (the annotated slices of the plane; README)
     min_annotated_fraction: float = 0.5

@@ -17,6 +17,18 @@ decoder only, which is the paper's one autoencoder per resolution level (stacked
 here simultaneously). A level's decoder is one transposed convolution with the level's stride whose kernel
 covers the level's receptive field in its input (:func:`level_receptive_field`), so each winner paints
 exactly the input region it sees; its padding centres that region on the winner.
+
+Decoder size. A transposed convolution with ``C_out`` sparse maps, ``C_in`` reconstructed channels and kernel ``K``
+has ``C_out * C_in * prod(K)`` weights and costs as many multiply-adds per voxel of the level's output. With
+nnU-Net's wide deep stages and the residual encoder's many blocks per stage (ResEnc presets: up to 6 blocks = 12
+convolutions, receptive field 47 voxels per axis at 320 features), a receptive-field kernel would hold billions of
+weights. Each decoder is therefore sized from its autoencoder, not from the network's widths: its weights are at
+most those of the encoder stage it decodes (:func:`decoder_kernel_size`), so the WTA step costs at most one more
+pass of the encoder. This is the paper's proportion: its WTA-CAE encoder is three 5^3 CBR blocks of 32 feature
+maps (Sital et al. Sec. 3.1, 3.3, 3.4: about 260,000 weights) and its decoder a single transposed convolution to
+the 1-channel level input (Sec. 3.3, 3.4) covering their 13^3 footprint (about 70,000 weights), a quarter of the
+encoder. Where the budget is below the receptive field the kernel shrinks (odd sizes, largest axes first, never
+below the level's stride, which it must tile), and a winner paints the centre of the region it sees.
 """
 
 from __future__ import annotations
@@ -108,6 +120,50 @@ def encoder_level_convs(arch_kwargs: dict, level: int) -> tuple[list[list[int]],
     if level == 0 and "n_blocks_per_stage" in arch_kwargs:  # ResidualEncoder's stem conv
         kernels, strides = [kernel, *kernels], [ones, *strides]
     return kernels, strides
+
+
+def encoder_level_weights(arch_kwargs: dict, level: int, in_channels: int) -> int:
+    """Convolution weights of ``encoder.stages[level]`` (the stem's too for level 0 of a residual encoder): the
+    first convolution maps ``in_channels`` to the level's features, every other one keeps them (biases, norms and
+    residual projections left out). The budget of the level's WTA decoder (:func:`decoder_kernel_size`)."""
+    kernels, _ = encoder_level_convs(arch_kwargs, level)
+    features = int(arch_kwargs["features_per_stage"][level])
+    return sum(
+        (in_channels if i == 0 else features) * features * int(np.prod(kernel))
+        for i, kernel in enumerate(kernels)
+    )
+
+
+def decoder_kernel_size(
+    receptive_field: Sequence[int], stride: Sequence[int], in_channels: int, out_channels: int, budget: int
+) -> list[int]:
+    """The kernel of a level's WTA decoder: its receptive field, shrunk until the decoder has at most ``budget``
+    weights (see the module docstring; Sital et al. Sec. 3.3-3.4).
+
+    Args:
+        receptive_field, stride: per spatial dim, from :func:`level_receptive_field` (odd fields).
+        in_channels: the decoder's input channels (the level's sparse feature maps).
+        out_channels: the channels it reconstructs (the level's input).
+        budget: the most weights allowed, ``in_channels * out_channels * prod(kernel) <= budget`` (normally
+            :func:`encoder_level_weights` of the level).
+
+    Returns:
+        Odd kernel sizes per dim: the receptive field where it fits; otherwise the largest axes are reduced by 2
+        in turn, never below the smallest odd size that covers the stride. At that floor the budget may still be
+        exceeded (a decoder must tile its output).
+    """
+    kernel = [int(k) for k in receptive_field]
+    floor = [max(1, int(s) + 1 - int(s) % 2) for s in stride]  # smallest odd size >= stride
+    floor = [min(f, k) for f, k in zip(floor, kernel)]
+    while in_channels * out_channels * int(np.prod(kernel)) > budget:
+        shrinkable = [d for d in range(len(kernel)) if kernel[d] - 2 >= floor[d]]
+        if not shrinkable:
+            break
+        largest = max(kernel[d] for d in shrinkable)
+        for d in shrinkable:
+            if kernel[d] == largest:
+                kernel[d] -= 2
+    return kernel
 
 
 def _per_stage(value, level: int) -> int:
@@ -261,7 +317,8 @@ def encoder_level_features(
 def wta_heads_for_plans(
     arch_kwargs: dict, num_input_channels: int, num_levels: int, k: int = 5
 ) -> WTAAutoencoderHeads:
-    """:class:`WTAAutoencoderHeads` for the first ``num_levels`` levels of the planned encoder.
+    """:class:`WTAAutoencoderHeads` for the first ``num_levels`` levels of the planned encoder, each decoder's
+    kernel the level's receptive field within the weights of its encoder stage (:func:`decoder_kernel_size`).
 
     Args:
         arch_kwargs: ``configuration_manager.network_arch_init_kwargs`` (the plans' ``arch_kwargs``).
@@ -270,14 +327,14 @@ def wta_heads_for_plans(
     features = [int(f) for f in arch_kwargs["features_per_stage"]]
     if not 1 <= num_levels <= len(features):
         raise ValueError(f"num_levels must be in [1, {len(features)}] (encoder stages), got {num_levels}")
+    level_inputs = [num_input_channels, *features[: num_levels - 1]]
     kernels, strides = [], []
     for level in range(num_levels):
         field, stride = level_receptive_field(*encoder_level_convs(arch_kwargs, level))
-        kernels.append(field)
+        budget = encoder_level_weights(arch_kwargs, level, level_inputs[level])
+        kernels.append(decoder_kernel_size(field, stride, features[level], level_inputs[level], budget))
         strides.append(stride)
-    return WTAAutoencoderHeads(
-        [num_input_channels, *features[: num_levels - 1]], features[:num_levels], kernels, strides, k
-    )
+    return WTAAutoencoderHeads(level_inputs, features[:num_levels], kernels, strides, k)
 
 
 def weight_norm_phi(fresh: dict[str, torch.Tensor], pretrained: dict[str, torch.Tensor]) -> float:

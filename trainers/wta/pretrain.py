@@ -299,8 +299,12 @@ class WTAPretrainTrainer(WTATrainerBase):
         return self.preprocessed_dataset_folder, sorted(val_keys)[: self.num_reconstruction_examples]
 
     def _centre_patch(self, image: np.ndarray) -> np.ndarray:
-        """(C, *shape) -> (C, *patch_size) float32 centre crop, zero-padded where the image is smaller."""
+        """(C, *shape) -> (C, *patch_size) float32 centre crop, zero-padded where the image is smaller. With a 2D
+        patch (``2d`` configuration; nnU-Net stores 2D images as (C, 1, x, y)) the middle slice along the first
+        axis is cropped, as nnU-Net's 2D training sees slices of that axis."""
         patch = [int(p) for p in self.configuration_manager.patch_size]
+        while image.ndim - 1 > len(patch):
+            image = image[:, image.shape[1] // 2]
         out = np.zeros((image.shape[0], *patch), dtype=np.float32)
         src, dst = [], []
         for size, p in zip(image.shape[1:], patch):
