@@ -7,7 +7,8 @@ the plateau reading, and draws Dice against iterations, one line per labeled cou
     python benchmarks/convergence_report.py WORK [--out docs/benchmarks_convergence.png] [--tolerance 0.005]
 
 Plateau rule: a labeled count has plateaued at the shortest schedule whose mean Dice (over classes) is within
-``--tolerance`` of the longest schedule's. The gap that a semi-supervised method can close at a count is the
+``--tolerance`` of the longest schedule's; where only the longest is, the plateau is "not reached" (a longer
+schedule is needed to know). The gap that a semi-supervised method can close at a count is the
 fully labeled bound minus that count, at the same schedule.
 """
 
@@ -43,12 +44,14 @@ def table(by_iters: dict[int, list[dict]]) -> dict[tuple[str, int], dict[str, di
     return out
 
 
-def plateau(curve: dict[int, tuple[float, int]], tolerance: float) -> int | None:
-    """The shortest schedule within ``tolerance`` of the longest one (None with fewer than two schedules)."""
+def plateau(curve: dict[int, tuple[float, int]], tolerance: float) -> int | str | None:
+    """The shortest schedule within ``tolerance`` of the longest one; ``"not reached"`` when only the longest
+    itself is (the curve still moves: a longer schedule is needed to know); None with fewer than two schedules."""
     if len(curve) < 2:
         return None
     longest = curve[max(curve)][0]
-    return min(it for it, (dice, _n) in curve.items() if abs(dice - longest) <= tolerance)
+    at = min(it for it, (dice, _n) in curve.items() if abs(dice - longest) <= tolerance)
+    return "not reached" if at == max(curve) else at
 
 
 def main(argv: list[str] | None = None) -> int:
