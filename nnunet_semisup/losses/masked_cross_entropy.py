@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_masked_loss_inputs
+
 NORMALIZATIONS = ("all", "mask")
 
 
@@ -43,24 +45,7 @@ class MaskedCrossEntropyLoss(nn.Module):
         self.normalization = normalization
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if logits.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) logits, got shape {tuple(logits.shape)}")
-        target_channels = logits.shape[1] if self.region_based else 1
-        if target.shape != (logits.shape[0], target_channels, *logits.shape[2:]):
-            raise ValueError(
-                f"target shape {tuple(target.shape)} does not fit logits {tuple(logits.shape)} "
-                f"({'one mask per region' if self.region_based else 'one channel of class indices'} expected)"
-            )
-        if (
-            weight.shape[0] != logits.shape[0]
-            or weight.shape[2:] != logits.shape[2:]
-            or weight.shape[1]
-            not in (
-                1,
-                target_channels,
-            )
-        ):
-            raise ValueError(f"weight shape {tuple(weight.shape)} does not fit logits {tuple(logits.shape)}")
+        check_masked_loss_inputs(logits, target, weight, self.region_based)
         weight = weight.float()
         # float32: under AMP a half-precision log-softmax loses the small probabilities of confident voxels
         logits = logits.float()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_semisup.losses.shape_checks import check_masked_loss_inputs
+
 
 class MaskedSoftDiceLoss(nn.Module):
     """``1 - mean_c (2 sum_v w p_c t_c + s) / (sum_v w p_c + sum_v w t_c + s)``: nnU-Net's soft Dice
@@ -40,22 +42,8 @@ class MaskedSoftDiceLoss(nn.Module):
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if logits.ndim < 3:
-            raise ValueError(f"expected (B, C, *spatial) logits, got shape {tuple(logits.shape)}")
+        check_masked_loss_inputs(logits, target, weight, self.region_based)
         n_classes = logits.shape[1]
-        target_channels = n_classes if self.region_based else 1
-        if target.shape != (logits.shape[0], target_channels, *logits.shape[2:]):
-            raise ValueError(f"target shape {tuple(target.shape)} does not fit logits {tuple(logits.shape)}")
-        if (
-            weight.shape[0] != logits.shape[0]
-            or weight.shape[2:] != logits.shape[2:]
-            or weight.shape[1]
-            not in (
-                1,
-                target_channels,
-            )
-        ):
-            raise ValueError(f"weight shape {tuple(weight.shape)} does not fit logits {tuple(logits.shape)}")
         weight = weight.float()
         if self.region_based:
             probabilities = torch.sigmoid(logits.float())
