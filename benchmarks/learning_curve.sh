@@ -7,11 +7,12 @@
 # benchmarks/results/learning_curve_2mm; `cp -r DIR/. "$WORK/"` restores them on a new machine).
 #
 #   WORK=/path/to/work ARCHIVE=benchmarks/results/learning_curve_2mm nice -n 19 bash benchmarks/learning_curve.sh
+#   (on a new machine first: mkdir -p WORK && cp -r benchmarks/results/learning_curve_2mm/. WORK/)
 #   DEVICE=cuda SPACING=0 ITERS=250000 WORK=... bash benchmarks/learning_curve.sh   # a GPU: nnU-Net's plans, 1000 epochs
 set -euo pipefail
 DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
 WORK=${WORK:?set WORK to a folder for the benchmark work folder}
-ITERS=${ITERS:-4000}   # the converged schedule of the convergence study; 100 iterations an epoch
+ITERS=${ITERS:-2000}   # the convergence study: labeled-only plateaus at 2000 with 2 labeled cases; 100 an epoch
 LABELED=${LABELED:-2,4}
 SEEDS=${SEEDS:-0,1,2}
 TEST=${TEST:-40}
