@@ -1,4 +1,4 @@
-"""Memory of the unlabeled data path with thousands of unlabeled cases (issue: lazy loading, bounded RSS).
+"""Memory of the unlabeled data path with thousands of unlabeled cases (lazy loading keeps the RSS bounded).
 
 For each case count N, a fresh process builds what a trainer builds over N preprocessed unlabeled cases (nnU-Net's
 lazy blosc2 dataset and our ``UnlabeledDataLoader``; augmentation is left out, its memory does not depend on N)

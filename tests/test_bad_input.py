@@ -1,5 +1,5 @@
-"""Bad input, in one place: every case of issue #9's list, through the entry point a user runs (``nnunet-semisup``
-commands, or the trainer hook ``nnUNetv2_train`` calls), on a copy of the tiny dataset. Each case must fail with
+"""Bad input, in one place: every kind of user mistake the package checks, through the entry point a user
+runs (``nnunet-semisup`` commands, or the trainer hook ``nnUNetv2_train`` calls), on a copy of the tiny dataset. Each case must fail with
 an error that names the file or case and says what to do, write nothing into nnUNet_raw (listing and SHA-256 of
 every file before and after) and leave every existing checkpoint (``*.pth`` under nnUNet_results) unchanged.
 

@@ -116,7 +116,7 @@ class DualSubnetContrastTrainer(SemiSupervisedTrainer):
     feature_dim: int = 16  # D; the authors' features are the 16 channels of the last decoder block
     prototype_temperature: float = 1.0  # Eq. 7 as printed: softmax of -distance, no temperature
     prototype_push_weight: float = (
-        1.0  # separation of the prototypes next to the pull term (issue: push apart)
+        1.0  # separation of the prototypes next to the pull term (Sec. 2.3: push apart; no weight given)
     )
     max_reliable_voxels_per_class: int = 1024  # bounded samples: memory independent of the patch size
     max_unreliable_voxels_per_class: int = 1024

@@ -80,7 +80,9 @@ class SECLTrainer(SemiSupervisedTrainer):
 
     contrast_weight: float = 0.1  # lambda_max of the ramp-up (Xiang et al.)
     ema_decay: float = 0.9  # alpha of Eq. 3, the paper's best (0 = single model, 0.99 too slow)
-    temperature: float = 0.1  # tau; not in the issue: Chaitanya et al. 2020's value, see README
+    temperature: float = (
+        0.1  # tau of Eq. 2 (no value given): Chaitanya et al. 2020's, see docs/methods/secl.md
+    )
     projector_hidden_dim: int = 256  # shallow MLP (paper: "low-dimensional"); see README
     projector_out_dim: int = 128  # SimCLR's / Chaitanya et al.'s embedding size
     projector_pooled_size: int = 2  # bottleneck pooled to 2^3 cells, not 1: see ProjectionHead
