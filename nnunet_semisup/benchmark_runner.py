@@ -6,8 +6,9 @@ From a folder with ``images/`` and ``labels/`` (Decathlon or nnU-Net naming) it
    seed and labeled count N a labeled subset of the remaining "labeled pool" (nested across N for one seed);
    with ``--full`` also the upper bound whose labeled set is every non-test case (pool + unlabeled pool);
 2. builds one nnU-Net raw dataset per (N, seed) with :func:`~nnunet_semisup.data.benchmark.make_benchmark`
-   (symlinks), plans **once** (``nnUNetv2_plan_and_preprocess`` on the largest dataset: the upper bound if
-   requested) and moves these plans to every other dataset (``nnUNetv2_move_plans_between_datasets`` +
+   (symlinks), plans **once** (``nnUNetv2_plan_and_preprocess`` on the smallest dataset, the plans a user with
+   that few labeled cases gets; with ``--semisup-plans`` ``nnunet-semisup plan-and-preprocess``, which also sees
+   that dataset's unlabeled images) and moves these plans to every other dataset (``nnUNetv2_move_plans_between_datasets`` +
    ``nnUNetv2_preprocess``, as ``self-train`` does), then preprocesses the unlabeled images with them;
 3. trains every requested trainer with the same schedule (``nnUNet_semisup_schedule``) through the stock
    ``nnUNetv2_train`` (fold ``all``; ``self-train`` runs ``nnunet-semisup self-train`` whose teacher is the
@@ -50,6 +51,7 @@ __all__ = [
     "BenchmarkOptions",
     "archive_results",
     "plan_splits",
+    "plans_identifier",
     "run_benchmark",
 ]
 
@@ -85,6 +87,7 @@ class BenchmarkOptions:
     label_names: dict[str, int] | None = None
     first_id: int = 100
     report_only: bool = False
+    semisup_plans: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,12 +324,20 @@ def _validate(opts: BenchmarkOptions) -> dict:
     return cases
 
 
+def plans_identifier(opts: BenchmarkOptions) -> str:
+    """The plans every run trains with: ``nnUNetPlans`` (``nnUNetv2_plan_and_preprocess``) or, with
+    ``semisup_plans``, ``nnUNetSemiSupPlans`` (``nnunet-semisup plan-and-preprocess``); ``_<X>mm`` appended
+    when ``spacing_mm`` sets the target spacing."""
+    base = "nnUNetSemiSupPlans" if opts.semisup_plans else "nnUNetPlans"
+    return base if opts.spacing_mm is None else f"{base}_{opts.spacing_mm:g}mm"
+
+
 def run_benchmark(opts: BenchmarkOptions) -> dict:
     """Run (or resume) the benchmark; returns ``{"results_csv", "results_md", "plot", "finished", "missing"}``."""
     cases = _validate(opts)
     splits = plan_splits(sorted(cases), opts.labeled, opts.n_test, opts.n_unlabeled, opts.seeds, opts.full)
     work = Path(opts.work_dir).resolve()
-    plans = "nnUNetPlans" if opts.spacing_mm is None else f"nnUNetPlans_{opts.spacing_mm:g}mm"
+    plans = plans_identifier(opts)
     fixed = {"data_dir": str(Path(opts.data_dir).resolve()), "test": splits.test, "unlabeled": splits.unlabeled,
              "schedule": opts.schedule, "plans": plans, "configuration": opts.configuration}  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
@@ -442,9 +453,14 @@ def _prepare(bench: _Bench, opts: BenchmarkOptions, manifest: dict, splits: _Spl
             f"{bench.raw / source}, the dataset the plans come from, is missing; use a new --work-dir"
         )
     if not (bench.preprocessed / source / f"{plans}.json").is_file():
-        bench.say(f"Planning once on {source} (stock nnUNetv2_plan_and_preprocess, plans {plans})")
+        planner = (
+            "nnunet-semisup plan-and-preprocess"
+            if opts.semisup_plans
+            else "stock nnUNetv2_plan_and_preprocess"
+        )
+        bench.say(f"Planning once on {source} ({planner}, plans {plans})")
         nnunet_commands.plan_and_preprocess(bench, work / "logs" / "plan.log", int(source[7:10]), opts.configuration,
-                                            opts.num_processes, opts.spacing_mm, plans)  # fmt: skip
+                                            opts.num_processes, opts.spacing_mm, plans, opts.semisup_plans)  # fmt: skip
     return source
 
 

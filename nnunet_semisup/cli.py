@@ -204,6 +204,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         label_names=label_names,
         first_id=args.first_id,
         report_only=args.report_only,
+        semisup_plans=args.semisup_plans,
     )
     try:
         run_benchmark(options)
@@ -378,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0,
         help="plan at this isotropic spacing (e.g. 2 on CPU; 0 = nnU-Net's)",
+    )
+    p.add_argument(
+        "--semisup-plans",
+        action="store_true",
+        help="plan with nnunet-semisup plan-and-preprocess (labeled + unlabeled images; plans nnUNetSemiSupPlans) "
+        "instead of nnUNetv2_plan_and_preprocess (see docs/planners.md)",
     )
     p.add_argument("-c", default="3d_fullres", help="configuration (default: 3d_fullres)")
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="default: cuda")

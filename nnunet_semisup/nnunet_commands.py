@@ -113,12 +113,19 @@ def plan_and_preprocess(
     num_processes: int,
     spacing_mm: float | None = None,
     plans: str | None = None,
+    semisup: bool = False,
 ) -> None:
     """``nnUNetv2_plan_and_preprocess``; with ``spacing_mm`` the plans get that isotropic target spacing and the
-    name ``plans``."""
+    name ``plans``. With ``semisup``, ``nnunet-semisup plan-and-preprocess`` instead (the same flags; spacing,
+    shape and batch size planned from the labeled + unlabeled images, see docs/planners.md), which also
+    preprocesses the unlabeled images."""
     custom = []
     if spacing_mm is not None:
         custom = ["-overwrite_target_spacing", *[f"{spacing_mm:g}"] * 3, "-overwrite_plans_name", str(plans)]
+    if semisup:
+        console.run(log, "nnunet-semisup", "plan-and-preprocess", "-d", str(dataset_id), "-c", configuration,
+                    "-np", str(num_processes), "-npfp", str(num_processes), "--no_pbar", *custom)  # fmt: skip
+        return
     console.run(log, "nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration,
                 "-np", str(num_processes), *custom)  # fmt: skip
 

@@ -89,3 +89,31 @@ def test_benchmark_builds_trains_reports_and_resumes(tmp_path):
     refused = run(*[("epochs=2,iters=2,val_iters=1" if a.startswith("epochs=1") else a) for a in command],
                   check=False)  # fmt: skip
     assert refused.returncode == 2 and "other settings" in refused.stderr
+
+
+def test_semisup_plans_are_planned_from_labeled_and_unlabeled_images_and_trained_with(tmp_path):
+    from nnunet_semisup.data.synthetic import write_synthetic_cases
+
+    run = _runner(tmp_path)
+    write_synthetic_cases(str(tmp_path / "src"), 7, shape=(32, 32, 32), seed=6)
+    work = tmp_path / "work"
+    proc = run("nnunet-semisup", "benchmark", "--data", str(tmp_path / "src"), "--work-dir", str(work),
+               "--labeled", "2", "--test", "2", "--unlabeled", "3", "--semisup-plans",
+               "--schedule", "epochs=1,iters=2,val_iters=1", "-device", "cpu", timeout=1200)  # fmt: skip
+    assert (
+        "$ nnunet-semisup plan-and-preprocess" in proc.stdout
+        and "nnUNetv2_plan_and_preprocess" not in proc.stdout
+    )
+
+    manifest = json.loads((work / "benchmark.json").read_text())
+    assert manifest["settings"]["plans"] == "nnUNetSemiSupPlans"
+    name = manifest["datasets"]["n2_s0"]["name"]
+    plans = json.loads((work / "nnUNet_preprocessed" / name / "nnUNetSemiSupPlans.json").read_text())
+    assert plans["semisup_planning"]["num_labeled_cases"] == 2
+    assert plans["semisup_planning"]["num_unlabeled_cases"] == 3
+    assert not (work / "nnUNet_preprocessed" / name / "nnUNetPlans.json").exists()
+    checkpoint = work / "nnUNet_results" / name / "LabeledOnlyTrainer__nnUNetSemiSupPlans__3d_fullres"
+    assert (checkpoint / "fold_all" / "checkpoint_final.pth").is_file()
+    with open(work / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 and {r["trainer"] for r in rows} == {"LabeledOnlyTrainer"}
