@@ -38,17 +38,6 @@ import overhead  # benchmarks/overhead.py: building trainers, fixed batches, pea
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
 DATASET_ID = 531
-# one trainer per method family first, so a time limit still leaves every family in the table
-FAMILIES = [
-    "LabeledOnlyTrainer",
-    "MeanTeacherTrainer",
-    "SECLTrainer",
-    "DTMLTrainer",
-    "DualSubnetContrastTrainer",
-    "WTAPretrainTrainer",
-    "WTAFinetuneTrainer",
-    "WTAMultiTaskTrainer",
-]
 # trainers that need datasets this check does not build (sparse annotations, a meta dataset)
 NEEDS_OTHER_DATA = {
     "SparseMultiPlane2DTrainer",
@@ -57,15 +46,33 @@ NEEDS_OTHER_DATA = {
 }
 
 
+def families() -> list[str]:
+    """LabeledOnlyTrainer, then one trainer per method package (``trainers/<method>/``, the package's shortest
+    class name: its main trainer), found from the classes so that a new method is in the first rows too."""
+    import nnunet_semisup.trainers as trainers
+
+    by_package: dict[str, list[str]] = {}
+    for name in trainers.__all__:
+        package = getattr(trainers, name).__module__.split(".")[2]  # nnunet_semisup.trainers.<package>...
+        if package not in ("base", "labeled_only"):
+            by_package.setdefault(package, []).append(name)
+    return [
+        "LabeledOnlyTrainer",
+        *sorted(min(names, key=lambda n: (len(n), n)) for names in by_package.values()),
+    ]
+
+
 def trainer_order(requested: str | None) -> list[str]:
-    """nnUNetTrainer, then the family representatives, then every other trainer of the package."""
+    """nnUNetTrainer, then one trainer per method family (:func:`families`, so a time limit still leaves every
+    family in the table), then every other trainer of the package."""
     import nnunet_semisup.trainers as trainers
 
     if requested:
         names = [n.strip() for n in requested.split(",") if n.strip()]
     else:
-        others = sorted(n for n in trainers.__all__ if n not in FAMILIES and n != "SemiSupervisedTrainer")
-        names = [*FAMILIES, *others]
+        first = families()
+        others = sorted(n for n in trainers.__all__ if n not in first and n != "SemiSupervisedTrainer")
+        names = [*first, *others]
     names = [n for n in names if n != "nnUNetTrainer"]
     return ["nnUNetTrainer", *[n for n in names if requested or n not in NEEDS_OTHER_DATA]]
 

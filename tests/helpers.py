@@ -1,5 +1,5 @@
 """Checks shared by the resume tests (``test_crash_resume.py``, ``test_exact_resume.py``): what a checkpoint must
-restore, compared bit for bit."""
+restore, compared bit for bit; and the method packages that the enumerating tests must each cover."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ import math
 from pathlib import Path
 
 import torch
+
+
+def method_package(trainer_name: str) -> str:
+    """The package under ``nnunet_semisup.trainers`` that defines ``trainer_name`` (``"mean_teacher"``,
+    ``"fixmatch"``, ...; ``"base"``/``"labeled_only"`` for the shared modules)."""
+    import nnunet_semisup.trainers as trainers
+
+    return getattr(trainers, trainer_name).__module__.split(".")[2]
+
+
+def method_packages() -> set[str]:
+    """Every method package (``trainers/<method>/``) that exports a trainer: a test that picks representatives by
+    hand must name one trainer of each, so a new method cannot skip it."""
+    import nnunet_semisup.trainers as trainers
+
+    shared = {"base", "labeled_only", "ema_teacher"}
+    return {method_package(n) for n in trainers.__all__} - shared
+
 
 RESUME_FOLD = "3"  # a fold no other test trains through the console scripts
 

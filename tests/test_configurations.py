@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import method_package, method_packages
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 import nnunet_semisup.trainers as trainers
@@ -121,3 +122,7 @@ def test_trainer_runs_or_refuses_on_configuration(name, kind, tiny_network_train
     if type(trainer).perform_actual_validation is not nnUNetTrainer.perform_actual_validation:
         # the trainer's own final validation (also what --val runs)
         trainer.perform_actual_validation()
+
+
+def test_every_method_package_has_a_representative():
+    assert method_packages() <= {method_package(n) for n in REPRESENTATIVES}

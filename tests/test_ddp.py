@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import method_package, method_packages
 
 pytestmark = pytest.mark.e2e
 
@@ -169,3 +170,7 @@ def test_finetuning_got_the_pretrained_encoder_on_both_ranks(ddp_results, tiny_d
         weights = _load(ddp_results, "WTAFinetuneTrainer", rank)["modules"]["network"]
         for key in frozen:
             torch.testing.assert_close(weights[key], pretrained[key] * phi)
+
+
+def test_every_method_package_trains_under_ddp():
+    assert method_packages() <= {method_package(n) for n in TRAINERS}

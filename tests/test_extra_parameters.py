@@ -18,6 +18,7 @@ import json
 
 import pytest
 import torch
+from helpers import method_package, method_packages
 
 import nnunet_semisup.trainers as trainers
 from nnunet_semisup.trainers.base import SemiSupervisedTrainer, unwrap_network
@@ -129,3 +130,8 @@ def test_extra_parameters_are_bounded_on_resenc_plans(name, resenc_plans, monkey
             f"extra modules: {extra:,} parameters" in line and "% of the segmentation network" in line
             for line in logged
         ), logged
+
+
+def test_every_method_package_has_a_representative():
+    # the sparsification cascade adds no modules (see CASES)
+    assert method_packages() - {"sparsification"} <= {method_package(n) for n in REPRESENTATIVES}
