@@ -14,7 +14,7 @@ From a folder with ``images/`` and ``labels/`` (Decathlon or nnU-Net naming) it
    ``nnUNetv2_train`` (fold ``all``; ``self-train`` runs ``nnunet-semisup self-train`` whose teacher is the
    LabeledOnlyTrainer model of the same dataset), predicts the test set with the final checkpoint through the
    stock ``nnUNetv2_predict`` and evaluates it;
-4. writes ``results.csv``, ``results.md`` and ``learning_curve.png`` (see
+4. writes ``results.csv``, ``results.md``, ``learning_curve.png`` and ``differences.png`` (see
    :mod:`nnunet_semisup.evaluation.benchmark_report`).
 
 What a seed changes: the labeled subset drawn for every N (the test set and the unlabeled pool stay fixed).
@@ -228,7 +228,8 @@ def is_archived(run_dir: Path) -> bool:
 
 def archive_results(work: Path, dest: Path) -> list[str]:
     """Copy what a benchmark's results are made of from work folder ``work`` to ``dest``: the manifest
-    (``benchmark.json``), ``results.csv``/``.md``, ``learning_curve.png`` and, of every finished run, its
+    (``benchmark.json``), ``results.csv``/``.md``, ``learning_curve.png``, ``differences.png`` and, of every
+    finished run, its
     ``summary.json`` and ``run.json`` (marked ``archived``: copied back into a work folder, the run counts as
     finished). Images, predictions and checkpoints are not copied. Existing files in ``dest`` are overwritten
     one by one (a run archived earlier stays when ``work`` no longer has it). Returns the names of the archived
@@ -243,7 +244,7 @@ def archive_results(work: Path, dest: Path) -> list[str]:
     if not (work / MANIFEST).is_file():
         raise BenchmarkError(f"{work} is not a benchmark work folder (no {MANIFEST}): nothing to archive")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (MANIFEST, "results.csv", "results.md", "learning_curve.png"):
+    for name in (MANIFEST, "results.csv", "results.md", "learning_curve.png", "differences.png"):
         if (work / name).is_file():
             shutil.copyfile(work / name, dest / name)
     archived = []
@@ -517,6 +518,7 @@ def _report(bench: _Bench, opts: BenchmarkOptions, runs: list[Run], splits: _Spl
 
     from nnunet_semisup.evaluation.benchmark_report import (
         plot_learning_curve,
+        plot_paired_differences,
         results_markdown,
         rows_from_summary,
         write_rows,
@@ -550,9 +552,9 @@ def _report(bench: _Bench, opts: BenchmarkOptions, runs: list[Run], splits: _Spl
         "",
     ])  # fmt: skip
     Path(out["results_md"]).write_text(results_markdown(rows, header, BASELINE, seconds) + "\n")
-    plot_learning_curve(
-        rows, out["plot"], title=f"{opts.configuration}, {plans}, schedule {opts.schedule or 'default'}"
-    )
+    title = f"{opts.configuration}, {plans}, schedule {opts.schedule or 'default'}"
+    plot_learning_curve(rows, out["plot"], title=title)
+    plot_paired_differences(rows, str(work / "differences.png"), BASELINE, title=title)
     bench.say(f"Wrote {out['results_csv']}, {out['results_md']}, {out['plot']}"
               + (f" ({len(missing)} runs not finished)" if missing else ""))  # fmt: skip
     print(Path(out["results_md"]).read_text(), flush=True)

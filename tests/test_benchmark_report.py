@@ -26,6 +26,7 @@ from nnunet_semisup.evaluation.benchmark_report import (
     paired_bootstrap_ci,
     paired_comparison,
     plot_learning_curve,
+    plot_paired_differences,
     read_rows,
     results_markdown,
     rows_from_summary,
@@ -213,6 +214,15 @@ def test_curve_data_and_plot(rows, tmp_path):
     path = tmp_path / "curve.png"
     plot_learning_curve(rows, str(path), title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_paired_differences_plot(rows, tmp_path):
+    path = tmp_path / "differences.png"
+    assert plot_paired_differences(rows, str(path), title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    only_baseline = [r for r in rows if r["trainer"] == "LabeledOnlyTrainer"]
+    assert not plot_paired_differences(only_baseline, str(tmp_path / "none.png"))
+    assert not (tmp_path / "none.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------
