@@ -1,8 +1,14 @@
-"""The demo's comparison table and plot, on hand-made evaluation summaries."""
+"""The demo's comparison table and plot, on hand-made evaluation summaries; its printed verdict, against the
+archived learning curve."""
 
 from __future__ import annotations
 
-from nnunet_semisup.demo import comparison_table, plot_comparison
+from pathlib import Path
+
+import pytest
+
+from nnunet_semisup.demo import VERDICT, Verdict, comparison_table, plot_comparison
+from nnunet_semisup.evaluation.benchmark_report import paired_comparison, read_rows, with_class_mean
 
 
 def _summary(dice_per_case: dict[str, list[float]]) -> dict:
@@ -34,3 +40,45 @@ def test_plot_comparison_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
     plot_comparison(summaries, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+ARCHIVE = (
+    Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "learning_curve_2mm" / "results.csv"
+)
+
+
+def test_the_demo_prints_what_the_archived_learning_curve_measured():
+    # VERDICT is the learning curve's result at the demo's setting: recomputed here from the archived rows
+    rows = with_class_mean([r for r in read_rows(str(ARCHIVE)) if r["seed"] in VERDICT.seeds])
+    comparison = paired_comparison(rows, VERDICT.trainer, VERDICT.n_labeled, "mean")
+    assert comparison is not None
+    assert VERDICT.mean_diff == pytest.approx(comparison["mean_diff"], abs=5e-4)
+    assert VERDICT.ci == pytest.approx((comparison["ci_low"], comparison["ci_high"]), abs=5e-4)
+    per_seed = []
+    for seed in VERDICT.seeds:
+        ours = _seed_mean(rows, VERDICT.trainer, seed)
+        per_seed.append(ours - _seed_mean(rows, "LabeledOnlyTrainer", seed))
+    assert VERDICT.seed_diffs == pytest.approx(tuple(per_seed), abs=5e-4)
+    # it ranks first: no other trainer measured at this count and these seeds has a larger mean difference
+    others = {r["trainer"] for r in rows if r["n_labeled"] == VERDICT.n_labeled} - {"LabeledOnlyTrainer"}
+    for other in others:
+        c = paired_comparison(rows, other, VERDICT.n_labeled, "mean")
+        seeds = {r["seed"] for r in rows if r["trainer"] == other and r["n_labeled"] == VERDICT.n_labeled}
+        if c is not None and seeds == set(VERDICT.seeds):
+            assert c["mean_diff"] <= comparison["mean_diff"] + 1e-12, other
+
+
+def _seed_mean(rows: list[dict], trainer: str, seed: int) -> float:
+    values = [r["dice"] for r in rows if r["trainer"] == trainer and r["seed"] == seed and r["class"] == "mean"
+              and r["n_labeled"] == VERDICT.n_labeled and r["setting"] == "semi"]  # fmt: skip
+    return sum(values) / len(values)
+
+
+def test_the_reading_says_plainly_whether_a_trainer_helps():
+    loses = Verdict("XTrainer", 2, 2000, (0, 1, 2), -0.004, (-0.012, 0.005), (-0.01, 0.0, 0.002))
+    assert not loses.helps and loses.reading().startswith(
+        "How to read this: No trainer of this package beats labeled-only nnU-Net reliably"
+    )
+    assert "-0.004 mean Dice [95 % CI -0.012, +0.005], single runs -0.010 to +0.002" in loses.reading()
+    wins = Verdict("XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03))
+    assert wins.helps and "XTrainer is the trainer the learning curve recommends" in wins.reading()
