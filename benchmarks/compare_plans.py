@@ -5,7 +5,7 @@ plans, e.g. `nnUNetPlans_2mm` (stock planner on the labeled cases) and `nnUNetSe
 Dice per class under each plans and the paired difference (B - A) over (seed, test case) with the 95 % two-way
 cluster-bootstrap interval of `paired_comparison` (cases are shared across seeds), wins/losses and the Wilcoxon p.
 
-    python benchmarks/compare_plans.py WORK_A WORK_B [--trainers LabeledOnlyTrainer,FixMatchTrainer]
+    python benchmarks/compare_plans.py WORK_A WORK_B [--trainers LabeledOnlyTrainer,BCPTrainer]
 """
 
 from __future__ import annotations
