@@ -9,6 +9,8 @@
 #   WORK=/path/to/work ARCHIVE=benchmarks/results/learning_curve_2mm nice -n 19 bash benchmarks/learning_curve.sh
 #   (on a new machine first: mkdir -p WORK && cp -r benchmarks/results/learning_curve_2mm/. WORK/)
 #   DEVICE=cuda SPACING=0 ITERS=250000 WORK=... bash benchmarks/learning_curve.sh   # a GPU: nnU-Net's plans, 1000 epochs
+# FULL=0 leaves out the fully labeled bound: its labeled set is the same for every seed, so its seeds are only
+# repeats of one training, and the gap a trainer closes is measured against the mean of the bound's runs that exist.
 set -euo pipefail
 DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
 WORK=${WORK:?set WORK to a folder for the benchmark work folder}
@@ -22,6 +24,6 @@ DEVICE=${DEVICE:-cpu}
 TRAINERS=${TRAINERS:-LabeledOnlyTrainer,FixMatchTrainer,MeanTeacherTrainer,UniMatchTrainer,BCPTrainer,SECLTrainer,DTMLTrainer,DualSubnetContrastTrainer,WTAMultiTaskTrainer,self-train}
 export nnUNet_def_n_proc=${nnUNet_def_n_proc:-1} nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1}
 nnunet-semisup benchmark --data "$DATA" --work-dir "$WORK" --labeled "$LABELED" --test "$TEST" \
-    --unlabeled "$UNLABELED" --full --seeds "$SEEDS" --trainers "$TRAINERS" \
+    --unlabeled "$UNLABELED" $([ "${FULL:-1}" = 0 ] || echo --full) --seeds "$SEEDS" --trainers "$TRAINERS" \
     --schedule "epochs=$((ITERS / 100)),iters=100,val_iters=2" --spacing-mm "$SPACING" -device "$DEVICE" \
     --label-names anterior,posterior -np 2 ${ARCHIVE:+--archive "$ARCHIVE"}

@@ -178,6 +178,10 @@ def test_gap_closed_is_the_fraction_of_the_way_to_full_labels():
     assert gap_closed(rows, "T", 4, "x") == pytest.approx(0.5)
     assert gap_closed(rows, "W", 4, "x") == pytest.approx(-0.25)
     assert gap_closed(base + half, "T", 4, "x") is None  # no upper bound run
+    # seeds 0 and 1 of the trainer and the baseline, one run of the bound (the same labeled set for every seed)
+    base1 = rows_from_summary(_summary({"x": [0.3] * 6}), "LabeledOnlyTrainer", "semi", 4, 1)
+    half1 = rows_from_summary(_summary({"x": [0.6] * 6}), "T", "semi", 4, 1)
+    assert gap_closed(rows + base1 + half1, "T", 4, "x") == pytest.approx((0.65 - 0.4) / (0.9 - 0.4))
 
 
 def test_markdown_shows_means_differences_and_p_values(rows):

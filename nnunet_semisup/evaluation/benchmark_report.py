@@ -202,17 +202,19 @@ def paired_bootstrap_ci(
 def gap_closed(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str,
                baseline: str = "LabeledOnlyTrainer", metric: str = "dice") -> float | None:  # fmt: skip
     """The fraction of the gap between ``baseline`` at ``n_labeled`` and the fully labeled upper bound that
-    ``trainer`` closes: (trainer - baseline) / (full - baseline), means over (seed, case) pairs of the seeds
-    that all three share. 1 = as good as full labels, 0 = no gain, negative = worse than the baseline. None when
-    a run is missing or the gap is not positive (no room to close)."""
+    ``trainer`` closes: (trainer - baseline) / (full - baseline). ``trainer`` and ``baseline``: means over the
+    (seed, case) pairs of the seeds both have; the bound: the mean over all its runs (its labeled set is the same
+    for every seed, so its seeds are repeats of one training and one run is enough). 1 = as good as full labels,
+    0 = no gain, negative = worse than the baseline. None when a run is missing or the gap is not positive (no
+    room to close)."""
     ours = _values(rows, trainer, "semi", n_labeled, cls, metric)
     base = _values(rows, baseline, "semi", n_labeled, cls, metric)
     full = _full_values(rows, baseline, cls, metric)
-    seeds = {s for s, _ in ours} & {s for s, _ in base} & {s for s, _ in full}
-    if not seeds:
+    seeds = {s for s, _ in ours} & {s for s, _ in base}
+    if not seeds or not full:
         return None
     mean = lambda d: float(np.mean([v for (s, _c), v in d.items() if s in seeds]))  # noqa: E731
-    gap = mean(full) - mean(base)
+    gap = float(np.mean(list(full.values()))) - mean(base)
     if gap <= 0:
         return None
     return (mean(ours) - mean(base)) / gap
