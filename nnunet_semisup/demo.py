@@ -143,6 +143,7 @@ def run_demo(
     existing = sorted(raw.glob(f"Dataset{DATASET_ID:03d}_*"))
     if existing:
         dataset_dir = existing[0]
+        name = dataset_dir.name.split("_", 1)[1]  # Hippocampus or Synthetic
         demo.say(f"[1/6] Reusing {dataset_dir}")
     else:
         if source is not None:
@@ -164,6 +165,13 @@ def run_demo(
                            labels_dir=str(source / "labels"), label_names=label_names, seed=0, split=split)
         )  # fmt: skip
     manifest = json.loads((dataset_dir / "semisup_manifest.json").read_text())
+    counts = [len(manifest[k]) for k in ("labeled", "unlabeled", "test")]
+    if counts != [n_labeled, n_unlabeled, n_test]:
+        raise SystemExit(
+            f"nnunet-semisup demo: {work} holds a demo dataset with {counts[0]} labeled, {counts[1]} unlabeled and "
+            f"{counts[2]} test cases, not the {n_labeled}, {n_unlabeled} and {n_test} asked for: use another "
+            "--work-dir (or delete this one)"
+        )
     demo.say(
         f"      {dataset_dir}: {len(manifest['labeled'])} labeled, {len(manifest['unlabeled'])} unlabeled, "
         f"{len(manifest['test'])} test cases"
@@ -216,7 +224,13 @@ def run_demo(
     print(table)
     for trainer in trainers:
         print(f"\n{trainer}:\n{format_table(summaries[trainer])}")
-    print(f"\n{VERDICT.reading()}")
+    setting = (n_labeled, n_unlabeled, n_test, epochs * iters, spacing_mm)
+    if name != "Synthetic" and setting == (VERDICT.n_labeled, 100, 40, VERDICT.iterations, 2.0):
+        print(f"\n{VERDICT.reading()}")
+    else:
+        print(f"\nHow to read this: this run's setting (labeled, unlabeled, test cases, iterations, spacing mm "
+              f"{setting}{', synthetic data' if name == 'Synthetic' else ''}) is not the learning curve's, so what "
+              "it measured does not apply here. See docs/benchmarks.md.")  # fmt: skip
     plot_path = work / "demo_comparison.png"
     plot_comparison(summaries, str(plot_path))
     results_json = {"plans": plans, "schedule": demo.env["nnUNet_semisup_schedule"], "table": table,
