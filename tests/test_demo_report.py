@@ -82,3 +82,17 @@ def test_the_reading_says_plainly_whether_a_trainer_helps():
     assert "-0.004 mean Dice [95 % CI -0.012, +0.005], single runs -0.010 to +0.002" in loses.reading()
     wins = Verdict("XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03))
     assert wins.helps and "XTrainer is the trainer the learning curve recommends" in wins.reading()
+
+
+def test_a_work_folder_with_another_demo_split_is_refused_before_any_work(tmp_path):
+    from nnunet_semisup.data.benchmark import make_benchmark
+    from nnunet_semisup.data.synthetic import write_synthetic_cases
+    from nnunet_semisup.demo import DATASET_ID, run_demo
+
+    write_synthetic_cases(str(tmp_path / "src"), 6, shape=(16, 16, 16), seed=1)
+    raw = tmp_path / "work" / "nnUNet_raw"
+    make_benchmark(str(raw), DATASET_ID, "Synthetic", images_dir=str(tmp_path / "src" / "images"),
+                   labels_dir=str(tmp_path / "src" / "labels"), n_labeled=2, n_unlabeled=2, n_test=2)  # fmt: skip
+    with pytest.raises(SystemExit, match="2 labeled, 2 unlabeled and 2 test cases, not the 3, 1 and 2"):
+        run_demo(str(tmp_path / "work"), str(tmp_path / "src"), n_labeled=3, n_unlabeled=1, n_test=2)
+    assert not (tmp_path / "work" / "nnUNet_preprocessed" / f"Dataset{DATASET_ID}_Synthetic").exists()
