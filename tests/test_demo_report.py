@@ -80,6 +80,8 @@ def test_the_reading_says_plainly_whether_a_trainer_helps():
         "How to read this: No trainer of this package beats labeled-only nnU-Net reliably"
     )
     assert "-0.004 mean Dice [95 % CI -0.012, +0.005], single runs -0.010 to +0.002" in loses.reading()
+    assert "seed 0's labeled cases (there -0.010)" in loses.reading()
+    assert "expect a difference of about -0.030 to +0.022" in loses.reading()
     wins = Verdict("XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03))
     assert wins.helps and "XTrainer is the trainer the learning curve recommends" in wins.reading()
 
