@@ -11,7 +11,7 @@
 #   WORK=/path/to/work bash benchmarks/convergence.sh            # CPU, 2 mm plans (docs/benchmarks.md)
 #   DEVICE=cuda SPACING=0 ITERS="25000 50000 100000" WORK=... bash benchmarks/convergence.sh   # a GPU, nnU-Net's plans
 set -euo pipefail
-DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
+DATA=${DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/msd_hippocampus}
 WORK=${WORK:?set WORK to a folder for the benchmark work folders}
 ITERS=${ITERS:-"1000 2000 4000"}   # iterations per run; 100 iterations an epoch
 LABELED=${LABELED:-2,4}

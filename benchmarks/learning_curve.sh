@@ -11,8 +11,9 @@
 #   DEVICE=cuda SPACING=0 ITERS=250000 WORK=... bash benchmarks/learning_curve.sh   # a GPU: nnU-Net's plans, 1000 epochs
 # FULL=0 leaves out the fully labeled bound: its labeled set is the same for every seed, so its seeds are only
 # repeats of one training, and the gap a trainer closes is measured against the mean of the bound's runs that exist.
+# REPORT_ONLY=1 trains nothing: it writes the report of the finished runs (and, with ARCHIVE, archives them).
 set -euo pipefail
-DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
+DATA=${DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/msd_hippocampus}
 WORK=${WORK:?set WORK to a folder for the benchmark work folder}
 ITERS=${ITERS:-2000}   # the convergence study: labeled-only plateaus at 2000 with 2 labeled cases; 100 an epoch
 LABELED=${LABELED:-2,4}
@@ -26,4 +27,5 @@ export nnUNet_def_n_proc=${nnUNet_def_n_proc:-1} nnUNet_n_proc_DA=${nnUNet_n_pro
 nnunet-semisup benchmark --data "$DATA" --work-dir "$WORK" --labeled "$LABELED" --test "$TEST" \
     --unlabeled "$UNLABELED" $([ "${FULL:-1}" = 0 ] || echo --full) --seeds "$SEEDS" --trainers "$TRAINERS" \
     --schedule "epochs=$((ITERS / 100)),iters=100,val_iters=2" --spacing-mm "$SPACING" -device "$DEVICE" \
-    --label-names anterior,posterior -np 2 ${ARCHIVE:+--archive "$ARCHIVE"}
+    --label-names anterior,posterior -np 2 ${ARCHIVE:+--archive "$ARCHIVE"} \
+    $([ "${REPORT_ONLY:-0}" = 1 ] && echo --report-only)

@@ -11,7 +11,7 @@
 #   (REFERENCE may be the archive benchmarks/results/learning_curve_2mm; on a new machine first:
 #    mkdir -p WORK && cp -r benchmarks/results/planners_2mm/. WORK/)
 set -euo pipefail
-DATA=${DATA:-$(dirname "$0")/../../shared/data/msd_hippocampus}
+DATA=${DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/msd_hippocampus}
 WORK=${WORK:?set WORK to a folder for the benchmark work folder}
 REFERENCE=${REFERENCE:-$(dirname "$0")/results/learning_curve_2mm}
 ITERS=${ITERS:-2000}
