@@ -48,23 +48,24 @@ def compare(work_a: Path, work_b: Path, trainers: list[str] | None = None) -> st
     if trainers:
         found = [f for f in found if f[0] in trainers]
     classes = [*dict.fromkeys(r["class"] for r in rows if r["class"] != MEAN_CLASS), MEAN_CLASS]
-    means = {(s["trainer"], s["n_labeled"], s["class"]): s for s in group_stats(rows)}
     lines = [
-        f"A = {plans_a} ({work_a}), B = {plans_b} ({work_b})",
+        f"A = {plans_a} ({work_a}), B = {plans_b} ({work_b}); A and B are means over the seeds both have",
         "",
         "| trainer | labeled | class | A | B | B - A [95 % CI] | B better / worse | p | seeds |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for trainer, n in found:
+        seeds = sorted({r["seed"] for r in rows_a if r["trainer"] == trainer and r["n_labeled"] == n}
+                       & {r["seed"] for r in rows_b if r["trainer"] == trainer and r["n_labeled"] == n})  # fmt: skip
+        shared = [r for r in rows if r["seed"] in seeds]
+        means = {(s["trainer"], s["class"]): s["mean"] for s in group_stats(shared) if s["n_labeled"] == n}
         for cls in classes:
-            c = paired_comparison(rows, f"{trainer} @ {plans_b}", n, cls, baseline=f"{trainer} @ {plans_a}")
+            c = paired_comparison(shared, f"{trainer} @ {plans_b}", n, cls, baseline=f"{trainer} @ {plans_a}")
             if c is None:
                 continue
-            ma, mb = means[(f"{trainer} @ {plans_a}", n, cls)], means[(f"{trainer} @ {plans_b}", n, cls)]
-            seeds = sorted({r["seed"] for r in rows_a if r["trainer"] == trainer and r["n_labeled"] == n}
-                           & {r["seed"] for r in rows_b if r["trainer"] == trainer and r["n_labeled"] == n})  # fmt: skip
+            ma, mb = means[(f"{trainer} @ {plans_a}", cls)], means[(f"{trainer} @ {plans_b}", cls)]
             lines.append(
-                f"| {trainer} | {n} | {cls} | {ma['mean']:.3f} | {mb['mean']:.3f} | {c['mean_diff']:+.3f} "
+                f"| {trainer} | {n} | {cls} | {ma:.3f} | {mb:.3f} | {c['mean_diff']:+.3f} "
                 f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['wins']}/{c['losses']} | {c['p_value']:.2g} | "
                 f"{','.join(map(str, seeds))} |"
             )
