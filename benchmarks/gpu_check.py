@@ -47,19 +47,11 @@ NEEDS_OTHER_DATA = {
 
 
 def families() -> list[str]:
-    """LabeledOnlyTrainer, then one trainer per method package (``trainers/<method>/``, the package's shortest
-    class name: its main trainer), found from the classes so that a new method is in the first rows too."""
+    """LabeledOnlyTrainer, then one trainer per method package (``trainers.main_trainers``), so that a new
+    method is in the first rows too."""
     import nnunet_semisup.trainers as trainers
 
-    by_package: dict[str, list[str]] = {}
-    for name in trainers.__all__:
-        package = getattr(trainers, name).__module__.split(".")[2]  # nnunet_semisup.trainers.<package>...
-        if package not in ("base", "labeled_only"):
-            by_package.setdefault(package, []).append(name)
-    return [
-        "LabeledOnlyTrainer",
-        *sorted(min(names, key=lambda n: (len(n), n)) for names in by_package.values()),
-    ]
+    return ["LabeledOnlyTrainer", *trainers.main_trainers()]
 
 
 def trainer_order(requested: str | None) -> list[str]:

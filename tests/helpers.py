@@ -11,20 +11,19 @@ import torch
 
 
 def method_package(trainer_name: str) -> str:
-    """The package under ``nnunet_semisup.trainers`` that defines ``trainer_name`` (``"mean_teacher"``,
-    ``"fixmatch"``, ...; ``"base"``/``"labeled_only"`` for the shared modules)."""
-    import nnunet_semisup.trainers as trainers
+    """The method package under ``nnunet_semisup.trainers`` that exports ``trainer_name`` (``"mean_teacher"``,
+    ``"fixmatch"``, ...; ``"shared"`` for ``SemiSupervisedTrainer`` and ``LabeledOnlyTrainer``)."""
+    from nnunet_semisup.trainers import METHOD_TRAINERS
 
-    return getattr(trainers, trainer_name).__module__.split(".")[2]
+    return next((k for k, names in METHOD_TRAINERS.items() if trainer_name in names), "shared")
 
 
 def method_packages() -> set[str]:
     """Every method package (``trainers/<method>/``) that exports a trainer: a test that picks representatives by
     hand must name one trainer of each, so a new method cannot skip it."""
-    import nnunet_semisup.trainers as trainers
+    from nnunet_semisup.trainers import METHOD_TRAINERS
 
-    shared = {"base", "labeled_only", "ema_teacher"}
-    return {method_package(n) for n in trainers.__all__} - shared
+    return set(METHOD_TRAINERS)
 
 
 RESUME_FOLD = "3"  # a fold no other test trains through the console scripts

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import method_package
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
@@ -34,13 +33,7 @@ EXTRA_REPRESENTATIVES = {"WTAMultiTaskTrainer", "SparseMultiPlane2DTrainer"}
 
 
 def _representatives() -> list[str]:
-    by_package: dict[str, list[str]] = {}
-    for name in trainers.__all__:
-        package = method_package(name)
-        if package != "base":
-            by_package.setdefault(package, []).append(name)
-    main = {min(names, key=lambda n: (len(n), n)) for names in by_package.values()}
-    return sorted(main | EXTRA_REPRESENTATIVES)
+    return sorted({"LabeledOnlyTrainer", *trainers.main_trainers(), *EXTRA_REPRESENTATIVES})
 
 
 REPRESENTATIVES = _representatives()

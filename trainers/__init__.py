@@ -26,4 +26,17 @@ def _exports() -> dict[str, tuple[str, ...]]:
     return exports
 
 
-__all__, __getattr__ = lazy_exports(__name__, _exports())
+_EXPORTS = _exports()
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
+
+# method package (``trainers/<method>/``) -> its trainer class names (packages that export no trainer, such as
+# self_training whose method is a command, and the shared modules are left out)
+METHOD_TRAINERS: dict[str, tuple[str, ...]] = {
+    k: v for k, v in _EXPORTS.items() if v and k not in ("base", "labeled_only")
+}
+
+
+def main_trainers() -> list[str]:
+    """One trainer per method package, sorted: the package's shortest class name, its main trainer (the others
+    are its variants, named ``<main>_<variant>``). Found from the packages, so a new method is included."""
+    return sorted(min(names, key=lambda n: (len(n), n)) for names in METHOD_TRAINERS.values())

@@ -255,6 +255,18 @@ def curve_data(rows: Sequence[dict], cls: str, metric: str = "dice") -> dict[str
     return out
 
 
+def _save_figure(fig, axes, path: str, title: str) -> None:
+    """Legend in the last panel, optional title, then write ``path`` and free the figure."""
+    import matplotlib.pyplot as plt
+
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_learning_curve(rows: Sequence[dict], path: str, metric: str = "dice", title: str = "") -> None:
     """Dice vs labeled count, one panel per class and one for the class mean; one line per trainer (mean over
     test cases and seeds) with a band of +- one std; per-seed means as dots when there are several seeds; the
@@ -290,12 +302,7 @@ def plot_learning_curve(rows: Sequence[dict], path: str, metric: str = "dice", t
         ax.set_ylabel(f"test {metric} (mean ± std over cases x seeds)")
         ax.set_title(cls)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, axes, path, title)
 
 
 def plot_paired_differences(rows: Sequence[dict], path: str, baseline: str = "LabeledOnlyTrainer",
@@ -312,8 +319,7 @@ def plot_paired_differences(rows: Sequence[dict], path: str, baseline: str = "La
     rows = with_class_mean(rows)
     classes = [*_classes(rows), MEAN_CLASS]
     counts = sorted({r["n_labeled"] for r in rows if r["setting"] == "semi"})
-    trainers = [t for t, s, _ in dict.fromkeys(_runs(rows)) if s == "semi" and t != baseline]
-    trainers = list(dict.fromkeys(trainers))
+    trainers = list(dict.fromkeys(t for t, s, _ in _runs(rows) if s == "semi" and t != baseline))
     panels = []
     for n in counts:
         entries = []
@@ -348,12 +354,7 @@ def plot_paired_differences(rows: Sequence[dict], path: str, baseline: str = "La
         ax.set_xlabel(f"{metric} difference to {baseline}\n(mean, 95 % CI over seeds x test cases)")
         ax.set_title(f"{n} labeled cases")
         ax.grid(axis="x", alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, axes, path, title)
     return True
 
 
