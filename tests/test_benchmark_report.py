@@ -25,6 +25,7 @@ from nnunet_semisup.evaluation.benchmark_report import (
     group_stats,
     paired_bootstrap_ci,
     paired_comparison,
+    per_seed_differences,
     plot_learning_curve,
     plot_paired_differences,
     read_rows,
@@ -201,6 +202,20 @@ def test_markdown_shows_means_differences_and_p_values(rows):
     # the baseline is not compared with itself, the upper bound not with the baseline
     diff_table = md.split("Dice difference")[1].split("Wall-clock")[0]
     assert "| LabeledOnlyTrainer |" not in diff_table
+    # per seed: the mean over cases of the paired differences of that seed alone
+    rows_mean = with_class_mean(rows)
+    for seed in (0, 1):
+        ours = {k: v for k, v in _dice(rows_mean, "MeanTeacherTrainer", 4, "mean").items() if k[0] == seed}
+        base = _dice(rows_mean, "LabeledOnlyTrainer", 4, "mean")
+        expected = np.mean([ours[k] - base[k] for k in ours])
+        assert per_seed_differences(rows_mean, "MeanTeacherTrainer", 4, "mean")[seed] == pytest.approx(
+            expected
+        )
+    by_seed = per_seed_differences(rows_mean, "MeanTeacherTrainer", 16, "mean")
+    assert f"| MeanTeacherTrainer | 16 | {by_seed[0]:+.3f} | {by_seed[1]:+.3f} |" in md
+    # a seed the trainer lacks is left out, not averaged as zero
+    one_seed = [r for r in rows_mean if not (r["trainer"] == "MeanTeacherTrainer" and r["seed"] == 1)]
+    assert set(per_seed_differences(one_seed, "MeanTeacherTrainer", 4, "mean")) == {0}
 
 
 def test_curve_data_and_plot(rows, tmp_path):

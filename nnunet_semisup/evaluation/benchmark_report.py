@@ -199,6 +199,19 @@ def paired_bootstrap_ci(
     return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
 
+def per_seed_differences(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str,
+                         baseline: str = "LabeledOnlyTrainer", metric: str = "dice") -> dict[int, float]:  # fmt: skip
+    """Seed -> mean over test cases of ``trainer`` minus ``baseline`` at ``n_labeled`` (paired on the cases
+    both have for that seed; seeds with no pair are left out). A difference of the same sign on every seed says
+    that the gain does not hinge on one draw of labeled cases; the spread says what one run can show."""
+    ours = _values(rows, trainer, "semi", n_labeled, cls, metric)
+    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
+    by_seed: dict[int, list[float]] = {}
+    for key in sorted(set(ours) & set(base)):
+        by_seed.setdefault(key[0], []).append(ours[key] - base[key])
+    return {seed: float(np.mean(values)) for seed, values in by_seed.items()}
+
+
 def gap_closed(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str,
                baseline: str = "LabeledOnlyTrainer", metric: str = "dice") -> float | None:  # fmt: skip
     """The fraction of the gap between ``baseline`` at ``n_labeled`` and the fully labeled upper bound that
@@ -365,9 +378,10 @@ def _fmt_p(p: float) -> str:
 def results_markdown(
     rows: Sequence[dict], header: str = "", baseline: str = "LabeledOnlyTrainer", seconds: dict | None = None
 ) -> str:
-    """The markdown report: Dice and HD95 mean ± std per class and labeled count, and the paired Dice
-    difference to ``baseline`` (wins/losses over pairs, Wilcoxon p). ``seconds`` maps (trainer, setting,
-    n_labeled) to a list of wall-clock seconds per run (training + prediction), shown in a last table."""
+    """The markdown report: Dice and HD95 mean ± std per class and labeled count, the paired Dice
+    difference to ``baseline`` (wins/losses over pairs, Wilcoxon p) and its mean per seed. ``seconds`` maps
+    (trainer, setting, n_labeled) to a list of wall-clock seconds per run (training + prediction), shown in a
+    last table."""
     rows = with_class_mean(rows)
     classes = [*_classes(rows), MEAN_CLASS]
     runs = _runs(rows)
@@ -409,6 +423,18 @@ def results_markdown(
                     f"({c['wins']}/{c['losses']}, p={_fmt_p(c['p_value'])})")  # fmt: skip
             closed = gap_closed(rows, trainer, n, cls, baseline)
             cells.append(cell if closed is None else f"{cell}; gap closed {closed:+.0%}")
+        lines.append(f"| {trainer} | {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    seeds = sorted({r["seed"] for r in rows if r["setting"] == "semi"})
+    lines += [f"### Mean Dice difference to {baseline} per seed (mean over test cases)", "",
+              "| trainer | labeled | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|---:|" + "---:|" * len(seeds)]  # fmt: skip
+    for trainer, setting, n in runs:
+        if trainer == baseline or setting != "semi":
+            continue
+        by_seed = per_seed_differences(rows, trainer, n, MEAN_CLASS, baseline)
+        cells = [f"{by_seed[s]:+.3f}" if s in by_seed else "" for s in seeds]
         lines.append(f"| {trainer} | {n} | " + " | ".join(cells) + " |")
     lines.append("")
 
