@@ -2,7 +2,8 @@
 # The learning curve of every trainer against labeled-only nnU-Net at the converged schedule of
 # benchmarks/convergence.sh (docs/benchmarks.md): the smallest labeled counts + the fully labeled bound,
 # seeds 0, 1, 2 (each seed draws other labeled cases), one resumable `nnunet-semisup benchmark` work folder.
-# The runner finishes every trainer and seed of the smallest count before the next count. Run it again to
+# The runner goes seed by seed, the smallest count first within a seed (LABELED=2 finishes every seed of the
+# smallest count first). Run it again to
 # continue; with ARCHIVE=DIR the report and run summaries are copied to DIR after every call (committed under
 # benchmarks/results/learning_curve_2mm; `cp -r DIR/. "$WORK/"` restores them on a new machine).
 #

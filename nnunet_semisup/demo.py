@@ -45,6 +45,8 @@ class Verdict:
     mean_diff: float
     ci: tuple[float, float]
     seed_diffs: tuple[float, ...]
+    # the same trainer at the learning curve's next labeled count: (n_labeled, mean_diff, ci low, ci high), or None
+    more_labeled: tuple[int, float, float, float] | None = None
 
     @property
     def helps(self) -> bool:
@@ -67,10 +69,20 @@ class Verdict:
                 f"{self.trainer} ranks first: {measured}."
             )
         low, high = min(self.seed_diffs) - RUN_SPREAD, max(self.seed_diffs) + RUN_SPREAD
+        more = ""
+        if self.more_labeled is not None:
+            n, diff, ci_low, ci_high = self.more_labeled
+            gain = "a gain" if ci_low > 0 else ("a loss" if ci_high < 0 else "no measurable gain")
+            more = (
+                f" With {n} labeled cases the same comparison gave {diff:+.3f} [95 % CI {ci_low:+.3f}, "
+                f"{ci_high:+.3f}]: {gain}, so do not expect this difference with more labels."
+                if ci_low <= 0
+                else f" With {n} labeled cases: {diff:+.3f} [95 % CI {ci_low:+.3f}, {ci_high:+.3f}]."
+            )
         return (
             f"How to read this: {head} This run repeats seed {self.seeds[0]}'s labeled cases (there "
             f"{self.seed_diffs[0]:+.3f}); training randomness alone moves one run's mean Dice by about {RUN_SPREAD}, "
-            f"so expect a difference of about {low:+.3f} to {high:+.3f}. See docs/benchmarks.md."
+            f"so expect a difference of about {low:+.3f} to {high:+.3f}.{more} See docs/benchmarks.md."
         )
 
 
@@ -84,6 +96,7 @@ VERDICT = Verdict(
     mean_diff=0.0401,
     ci=(0.02152, 0.06387),
     seed_diffs=(0.0257, 0.0340, 0.0607),
+    more_labeled=(4, 0.0041, -0.0136, 0.0234),
 )
 
 

@@ -59,6 +59,14 @@ def test_the_demo_prints_what_the_archived_learning_curve_measured():
         ours = _seed_mean(rows, VERDICT.trainer, seed)
         per_seed.append(ours - _seed_mean(rows, "LabeledOnlyTrainer", seed))
     assert VERDICT.seed_diffs == pytest.approx(tuple(per_seed), abs=5e-4)
+    # the same comparison at the next labeled count, as printed
+    n, diff, ci_low, ci_high = VERDICT.more_labeled
+    rows_n = with_class_mean([r for r in read_rows(str(ARCHIVE)) if r["seed"] in VERDICT.seeds])
+    more = paired_comparison(rows_n, VERDICT.trainer, n, "mean")
+    assert n > VERDICT.n_labeled and more is not None
+    assert (diff, ci_low, ci_high) == pytest.approx(
+        (more["mean_diff"], more["ci_low"], more["ci_high"]), abs=5e-4
+    )
     # it ranks first: no other trainer measured at this count and these seeds has a larger mean difference
     others = {r["trainer"] for r in rows if r["n_labeled"] == VERDICT.n_labeled} - {"LabeledOnlyTrainer"}
     for other in others:
@@ -84,6 +92,19 @@ def test_the_reading_says_plainly_whether_a_trainer_helps():
     assert "expect a difference of about -0.030 to +0.022" in loses.reading()
     wins = Verdict("XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03))
     assert wins.helps and "XTrainer is the trainer the learning curve recommends" in wins.reading()
+    assert "labeled cases the same comparison" not in wins.reading()
+    # a gain that does not hold with more labels is said so; one that holds is only reported
+    fades = Verdict(
+        "XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03), (4, 0.004, -0.014, 0.023)
+    )
+    assert (
+        "With 4 labeled cases the same comparison gave +0.004 [95 % CI -0.014, +0.023]: no measurable gain"
+        in (fades.reading())
+    )
+    holds = Verdict(
+        "XTrainer", 2, 2000, (0, 1, 2), 0.02, (0.01, 0.03), (0.01, 0.02, 0.03), (4, 0.01, 0.002, 0.02)
+    )
+    assert "With 4 labeled cases: +0.010 [95 % CI +0.002, +0.020]." in holds.reading()
 
 
 def test_a_work_folder_with_another_demo_split_is_refused_before_any_work(tmp_path):
