@@ -72,13 +72,14 @@ class Verdict:
         more = ""
         if self.more_labeled is not None:
             n, diff, ci_low, ci_high = self.more_labeled
-            gain = "a gain" if ci_low > 0 else ("a loss" if ci_high < 0 else "no measurable gain")
-            more = (
-                f" With {n} labeled cases the same comparison gave {diff:+.3f} [95 % CI {ci_low:+.3f}, "
-                f"{ci_high:+.3f}]: {gain}, so do not expect this difference with more labels."
-                if ci_low <= 0
-                else f" With {n} labeled cases: {diff:+.3f} [95 % CI {ci_low:+.3f}, {ci_high:+.3f}]."
-            )
+            if ci_low > 0:
+                more = f" With {n} labeled cases: {diff:+.3f} [95 % CI {ci_low:+.3f}, {ci_high:+.3f}]."
+            else:
+                more = (
+                    f" With {n} labeled cases the same comparison gave {diff:+.3f} [95 % CI {ci_low:+.3f}, "
+                    f"{ci_high:+.3f}]: {'a loss' if ci_high < 0 else 'no measurable gain'}, so do not expect this "
+                    "difference with more labels."
+                )
         return (
             f"How to read this: {head} This run repeats seed {self.seeds[0]}'s labeled cases (there "
             f"{self.seed_diffs[0]:+.3f}); training randomness alone moves one run's mean Dice by about {RUN_SPREAD}, "

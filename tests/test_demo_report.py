@@ -61,8 +61,7 @@ def test_the_demo_prints_what_the_archived_learning_curve_measured():
     assert VERDICT.seed_diffs == pytest.approx(tuple(per_seed), abs=5e-4)
     # the same comparison at the next labeled count, as printed
     n, diff, ci_low, ci_high = VERDICT.more_labeled
-    rows_n = with_class_mean([r for r in read_rows(str(ARCHIVE)) if r["seed"] in VERDICT.seeds])
-    more = paired_comparison(rows_n, VERDICT.trainer, n, "mean")
+    more = paired_comparison(rows, VERDICT.trainer, n, "mean")
     assert n > VERDICT.n_labeled and more is not None
     assert (diff, ci_low, ci_high) == pytest.approx(
         (more["mean_diff"], more["ci_low"], more["ci_high"]), abs=5e-4

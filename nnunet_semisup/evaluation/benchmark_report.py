@@ -150,12 +150,9 @@ def paired_comparison(
     """
     from scipy.stats import wilcoxon
 
-    ours = _values(rows, trainer, setting, n_labeled, cls, metric)
-    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
-    keys = sorted(set(ours) & set(base))
-    if not keys:
+    diffs = _paired_differences(rows, trainer, n_labeled, cls, baseline, metric, setting)
+    if not diffs:
         return None
-    diffs = {k: ours[k] - base[k] for k in keys}
     diff = np.array(list(diffs.values()), dtype=float)
     p_value = 1.0 if np.all(diff == 0) else float(wilcoxon(diff).pvalue)
     ci_low, ci_high = paired_bootstrap_ci(diffs)
@@ -165,7 +162,7 @@ def paired_comparison(
         "ci_high": ci_high,
         "wins": int((diff > 0).sum()),
         "losses": int((diff < 0).sum()),
-        "n_pairs": len(keys),
+        "n_pairs": len(diffs),
         "p_value": p_value,
     }
 
@@ -199,16 +196,23 @@ def paired_bootstrap_ci(
     return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
 
+def _paired_differences(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str, baseline: str, metric: str,
+                        setting: str = "semi") -> dict[tuple[int, str], float]:  # fmt: skip
+    """(seed, case) -> ``trainer`` minus ``baseline`` (its ``"semi"`` runs) at ``n_labeled``, sorted by key, for
+    the pairs both have."""
+    ours = _values(rows, trainer, setting, n_labeled, cls, metric)
+    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
+    return {k: ours[k] - base[k] for k in sorted(set(ours) & set(base))}
+
+
 def per_seed_differences(rows: Sequence[dict], trainer: str, n_labeled: int, cls: str,
                          baseline: str = "LabeledOnlyTrainer", metric: str = "dice") -> dict[int, float]:  # fmt: skip
     """Seed -> mean over test cases of ``trainer`` minus ``baseline`` at ``n_labeled`` (paired on the cases
     both have for that seed; seeds with no pair are left out). A difference of the same sign on every seed says
     that the gain does not hinge on one draw of labeled cases; the spread says what one run can show."""
-    ours = _values(rows, trainer, "semi", n_labeled, cls, metric)
-    base = _values(rows, baseline, "semi", n_labeled, cls, metric)
     by_seed: dict[int, list[float]] = {}
-    for key in sorted(set(ours) & set(base)):
-        by_seed.setdefault(key[0], []).append(ours[key] - base[key])
+    for (seed, _case), diff in _paired_differences(rows, trainer, n_labeled, cls, baseline, metric).items():
+        by_seed.setdefault(seed, []).append(diff)
     return {seed: float(np.mean(values)) for seed, values in by_seed.items()}
 
 
